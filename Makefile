@@ -1,0 +1,38 @@
+# One entry point per task. `make test` and `make reproduce` create .venv when missing.
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PROFILE  ?= tiny
+DATA_DIR ?=
+NOTEBOOKS ?=
+NB       ?=
+# Pinned to the releases served from local disk on the build machines; pyproject admits ranges.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: env test reproduce notebook bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m ipykernel install --user --name nsa --display-name "Python (nsa)" >/dev/null
+	@touch $@
+
+test: env
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q tests
+
+reproduce: env
+	$(PY) -m nsa_core reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+
+notebook: env
+	@test -n "$(NB)" || { echo "make notebook: set NB, e.g. make notebook NB=03" >&2; exit 2; }
+	$(PY) -m nsa_core reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --notebooks $(NB) --no-report
+
+bench: env
+	$(PY) -m nsa_core bench
+
+clean:
+	rm -rf results/smoke results/models

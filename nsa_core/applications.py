@@ -1,0 +1,142 @@
+"""Shared steps of the paper's Sec. 5 notebooks (05 ensemble, 06 calibration, 07 uncertainty).
+
+Table 2 compares four methods on one test set. Each is kept as *member* probabilities
+[T, N, C], so every notebook derives what it needs from the same numbers:
+- "wrn":         WRN-28-10†, one deterministic pass (T = 1);
+- "wrn-dropout": WRN-28-10† + MC dropout, one member per dropout mask (T = profile.mc_samples);
+- "single":      the S individually trained architectures, member k = individual k alone;
+                 the paper reports the *average of their metrics*, not their ensemble;
+- "nsa-id":      NSA-id, one member per architecture of its training space (T = S).
+The probabilities are cached per data set, keyed by the models and the test set, so 06 and
+07 reuse what 05 computed instead of running the networks again.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import evaluate, metrics
+from .network import WiredNet, count_params
+from .train import atomic_save
+
+METHODS = ("wrn", "wrn-dropout", "single", "nsa-id")
+LABELS = {"wrn": "WRN-28-10†", "wrn-dropout": "WRN-28-10† + MC dropout",
+          "single": "Average of individuals", "nsa-id": "NSA-id"}
+
+# Paper Table 2: (# params, test error %, ECE).
+PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
+    "cifar10": {"wrn": (39.5e6, 2.93, 0.0140), "wrn-dropout": (39.5e6, 3.23, 0.0107),
+                "single": (39.5e6, 2.97, 0.0153), "nsa-id": (39.6e6, 2.75, 0.0032)},
+    "cifar100": {"wrn": (39.5e6, 16.75, 0.0672), "wrn-dropout": (39.5e6, 17.16, 0.0454),
+                 "single": (39.5e6, 17.02, 0.0446), "nsa-id": (39.6e6, 16.44, 0.0212)},
+}
+
+
+def method_specs(exp, dataset: str) -> dict[str, list]:
+    """The ModelSpecs behind each Table 2 method on `dataset` (several for "single")."""
+    S = exp.profile.space_ensemble
+    return {
+        "wrn": [exp.spec("wrn", aux=True, dataset=dataset)],
+        "wrn-dropout": [exp.spec("wrn-dropout", aux=True, dataset=dataset)],
+        "single": [exp.spec("single", space=S, arch_index=k, aux=True, dataset=dataset)
+                   for k in range(S)],
+        "nsa-id": [exp.spec("nsa-id", space=S, aux=True, dataset=dataset)],
+    }
+
+
+def ensemble_models(exp, dataset: str, methods: Iterable[str] = METHODS
+                    ) -> dict[str, list[tuple[WiredNet, pd.DataFrame]]]:
+    """The trained (cached) models of the Table 2 methods: method -> [(model, history)], one
+    entry per individually trained network (S for "single", one otherwise)."""
+    _check_methods(methods)
+    S = exp.profile.space_ensemble
+    out: dict[str, list[tuple[WiredNet, pd.DataFrame]]] = {}
+    for m in methods:
+        if m == "single":
+            out[m] = [exp.model("single", space=S, arch_index=k, aux=True, dataset=dataset)
+                      for k in range(S)]
+        elif m == "nsa-id":
+            out[m] = [exp.model("nsa-id", space=S, aux=True, dataset=dataset)]
+        else:
+            out[m] = [exp.model(m, aux=True, dataset=dataset)]
+    return out
+
+
+def shared_dir(exp) -> Path:
+    """results/<profile>/_shared: what several notebooks of one profile reuse."""
+    folder = Path(exp.out).parent / "_shared"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """({method: member probabilities [T, N, C]}, labels [N]) on the evaluation subset of
+    `dataset`. Cached in results/<profile>/_shared/probs_<dataset>.pt; a method is computed
+    again (training its models if they are missing) only when its models, the test set or
+    the number of MC dropout samples changed."""
+    methods = tuple(methods)
+    _check_methods(methods)
+    test = exp.test_set(dataset=dataset)
+    path = shared_dir(exp) / f"probs_{dataset}.pt"
+    cache = torch.load(path, weights_only=False) if path.exists() else {}
+    specs = method_specs(exp, dataset)
+    mc = exp.profile.mc_samples
+    changed = False
+    for m in methods:
+        key = dict(specs=[s.key for s in specs[m]], n=len(test), labels=test.labels.sum().item(),
+                   mc=mc if m == "wrn-dropout" else None, seed=exp.seed)
+        if m in cache and cache[m]["key"] == key:
+            continue
+        models = [model for model, _ in ensemble_models(exp, dataset, [m])[m]]
+        cache[m] = dict(key=key, probs=_member_probs(m, models, test.images, dataset, mc, exp.seed))
+        changed = True
+    if changed:
+        atomic_save(cache, path)
+    return {m: cache[m]["probs"] for m in methods}, test.labels
+
+
+def _member_probs(method: str, models: list[WiredNet], images: torch.Tensor, norm: str,
+                  mc_samples: int, seed: int) -> torch.Tensor:
+    if method == "wrn-dropout":
+        return evaluate.mc_dropout_probs(models[0], images, norm, mc_samples, seed=seed)
+    if method == "nsa-id":
+        return evaluate.member_probs(models[0], images, norm, archs=torch.arange(models[0].num_archs))
+    # fixed wirings ("wrn", each individual): one deterministic pass each
+    return torch.stack([evaluate.predict(m, images, norm).softmax(1) for m in models])
+
+
+def predictions(method: str, member_probs: torch.Tensor) -> list[torch.Tensor]:
+    """The predictive distributions [N, C] that a method is scored by: the mean over its
+    members, except "single", whose individuals are scored one by one (paper Table 2)."""
+    if method == "single":
+        return list(member_probs)
+    return [member_probs.mean(0)]
+
+
+def scores(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 15) -> pd.DataFrame:
+    """Test error (%), ECE, NLL and Brier score per method (rows, in METHODS order);
+    "single" is the average of the individuals' scores."""
+    rows = {}
+    for m in (m for m in METHODS if m in probs):
+        each = [dict(error=100 * metrics.error(p, labels), ece=metrics.ece(p, labels, n_bins),
+                     nll=metrics.nll(p, labels), brier=metrics.brier(p, labels))
+                for p in predictions(m, probs[m])]
+        rows[m] = pd.DataFrame(each).mean()
+    return pd.DataFrame(rows).T.rename_axis("method")
+
+
+def param_counts(models: dict[str, list[tuple[WiredNet, pd.DataFrame]]]) -> pd.Series:
+    """Parameters of one network per method (the auxiliary head included: it is part of
+    every Sec. 5 model during training); "single" averages its individuals."""
+    return pd.Series({m: sum(count_params(net) for net, _ in pairs) / len(pairs)
+                      for m, pairs in models.items()}, name="params")
+
+
+def _check_methods(methods: Iterable[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown Table 2 method(s) {unknown}; choose from {', '.join(METHODS)}")

@@ -1,0 +1,380 @@
+"""Data: loading, class-balanced subsets, and batched GPU-friendly augmentation (SPEC 4, 5).
+
+Every data set becomes one `Split`: all images as a uint8 tensor [N, 3, 32, 32] plus int64
+labels, held in memory. At 32x32 that is 150 MB for CIFAR-10 train, and it lets training
+index batches straight out of a tensor (on any device) instead of going through a
+DataLoader with per-image Python transforms.
+
+Where the data come from, in order:
+  1. a cache written by an earlier load: <data-dir>/<name>/.nsa-cache/<split>.pt
+  2. a local copy in ImageFolder layout: <data-dir>/<name>/<split>/<class>/*
+     (classes in alphabetical order, which is the label order of CIFAR-10/100 and SVHN)
+  3. fashion-mnist only: the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or
+     torchvision's <data-dir>/FashionMNIST/raw/
+  4. torchvision, downloading when allowed.
+If none works, `DataMissing` says what to provide. "synthetic" is generated in memory.
+
+All randomness comes from explicitly seeded torch.Generators; the global RNG is never used,
+so subsets, evaluation order and augmentation are reproducible and resumable.
+"""
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import struct
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DATASETS = ("cifar10", "cifar100", "svhn", "fashion-mnist", "synthetic")
+SPLITS = ("train", "test")
+NUM_CLASSES: dict[str, int] = {
+    "cifar10": 10, "cifar100": 100, "svhn": 10, "fashion-mnist": 10, "synthetic": 10,
+}
+# Per-channel statistics on the 0..1 scale, of each set's training split as stored here
+# (32x32x3). Fashion-MNIST's are for the zero-padded 32x32 copy. To score one set with a
+# model trained on another (OOD detection), normalise with the *training* set's name.
+MEAN: dict[str, tuple[float, float, float]] = {
+    "cifar10": (0.4914, 0.4822, 0.4465),
+    "cifar100": (0.5071, 0.4865, 0.4409),
+    "svhn": (0.4377, 0.4438, 0.4728),
+    "fashion-mnist": (0.2190, 0.2190, 0.2190),
+    "synthetic": (0.5, 0.5, 0.5),
+}
+STD: dict[str, tuple[float, float, float]] = {
+    "cifar10": (0.2470, 0.2435, 0.2616),
+    "cifar100": (0.2673, 0.2564, 0.2762),
+    "svhn": (0.1980, 0.2010, 0.1970),
+    "fashion-mnist": (0.3318, 0.3318, 0.3318),
+    "synthetic": (0.27, 0.27, 0.27),
+}
+SYNTHETIC_SIZE = {"train": 2048, "test": 512}
+_CACHE_VERSION = 1
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, 3, 32, 32], CPU
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        return Split(self.images[idx], self.labels[idx], self.classes, self.name)
+
+
+class DataMissing(RuntimeError):
+    """A data set is neither on disk nor downloadable; the message says how to provide it."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The data folder: the argument, else $NSA_DATA_DIR, else ./data (made absolute so
+    messages and caches name one unambiguous place)."""
+    chosen = data_dir if data_dir is not None else os.environ.get("NSA_DATA_DIR") or "data"
+    return Path(chosen).expanduser().absolute()
+
+
+def load(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    synthetic_size: int | None = None,
+    seed: int = 0,
+) -> Split:
+    """One split of a data set as uint8 images [N, 3, 32, 32] and int64 labels.
+    `synthetic_size` and `seed` only matter for "synthetic"."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if name == "synthetic":
+        return synthetic(split, synthetic_size or SYNTHETIC_SIZE[split], seed)
+
+    root = resolve_data_dir(data_dir)
+    cache = root / name / ".nsa-cache" / f"{split}.pt"
+    cached = _read_cache(cache, name)
+    if cached is not None:
+        return cached
+    folder = root / name / split
+    if folder.is_dir():
+        data = _from_image_folder(folder, name)
+    elif name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
+        data = _from_idx(*idx)
+    else:
+        data = _from_torchvision(name, split, root, download)
+    _write_cache(cache, data)
+    return data
+
+
+def _read_cache(path: Path, name: str) -> Split | None:
+    if not path.is_file():
+        return None
+    try:
+        d = torch.load(path, weights_only=True)
+        images, labels = d["images"], d["labels"]
+        ok = (d["version"] == _CACHE_VERSION and images.dtype == torch.uint8
+              and images.ndim == 4 and images.shape[1:] == (3, 32, 32)
+              and labels.dtype == torch.int64 and labels.shape == (len(images),))
+    except Exception:  # a torn or foreign file: any unpickling error means "rebuild it"
+        ok = False
+    if not ok:
+        warnings.warn(f"ignoring unreadable data cache {path}; rebuilding it", stacklevel=3)
+        return None
+    return Split(images, labels, list(d["classes"]), name)
+
+
+def _write_cache(path: Path, data: Split) -> None:
+    # Write-then-rename, so a concurrent or interrupted load never sees half a file. A
+    # read-only data folder just means no cache, not a failed load.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"version": _CACHE_VERSION, "images": data.images, "labels": data.labels,
+                "classes": data.classes}
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write data cache {path} ({e}); loads will decode again",
+                      stacklevel=3)
+
+
+def _from_image_folder(folder: Path, name: str) -> Split:
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(folder))  # only for its file list and sorted class order
+    if len(ds.classes) != NUM_CLASSES[name]:
+        warnings.warn(f"{folder} has {len(ds.classes)} class folders, {name} has "
+                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=3)
+    images = torch.empty(len(ds.samples), 3, 32, 32, dtype=torch.uint8)
+    for i, (path, _) in enumerate(ds.samples):  # runs once per data set, then the cache
+        images[i] = _to_32x32_rgb(_decode(path), path)
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return Split(images, labels, list(ds.classes), name)
+
+
+def _decode(path: str) -> torch.Tensor:
+    # PIL rather than torchvision.io, whose image decoding is deprecated since 0.29.
+    with Image.open(path) as im:
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+
+
+def _to_32x32_rgb(img: torch.Tensor, what: str = "") -> torch.Tensor:
+    """[C, H, W] or [N, C, H, W] uint8 -> 3 channels at 32x32. 28x28 (MNIST-style) images
+    are zero-padded by 2 pixels a side, as is usual when feeding them to CIFAR nets."""
+    if img.shape[-3] == 1:
+        img = img.expand(*img.shape[:-3], 3, *img.shape[-2:])
+    if img.shape[-2:] == (28, 28):
+        img = F.pad(img, (2, 2, 2, 2))
+    if img.shape[-3:] != (3, 32, 32):
+        raise ValueError(f"expected 32x32 (or 28x28) images, got {tuple(img.shape)} {what}")
+    return img.contiguous()
+
+
+def _find_fashion_idx(root: Path, split: str) -> tuple[Path, Path] | None:
+    prefix = "t10k" if split == "test" else "train"
+    for base in (root / "fashion-mnist", root / "FashionMNIST" / "raw"):
+        for ext in ("", ".gz"):
+            images = base / f"{prefix}-images-idx3-ubyte{ext}"
+            labels = base / f"{prefix}-labels-idx1-ubyte{ext}"
+            if images.is_file() and labels.is_file():
+                return images, labels
+    return None
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (the MNIST format) of unsigned bytes, gzipped or not."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).view(shape)
+
+
+def _from_idx(images: Path, labels: Path) -> Split:
+    from torchvision.datasets import FashionMNIST
+
+    x = _to_32x32_rgb(_read_idx(images).unsqueeze(1))
+    y = _read_idx(labels).to(torch.int64)
+    return Split(x, y, list(FashionMNIST.classes), "fashion-mnist")
+
+
+def _missing_message(name: str, split: str, root: Path, reason: str) -> str:
+    local = f"put a local copy in ImageFolder layout at {root}/{name}/{{train,test}}/<class>/*"
+    if name == "fashion-mnist":
+        prefix = "t10k" if split == "test" else "train"
+        local += (f", or the IDX files at {root}/fashion-mnist/{prefix}-*-idx*-ubyte.gz "
+                  f"(or torchvision's {root}/FashionMNIST/raw/)")
+    why = " ".join(reason.split())  # torchvision's errors span lines; the message must not
+    return (f"data set {name!r} ({split}) not found in {root} ({why}). Either (a) run where torchvision can "
+            f"download it (download=True, the default), or (b) {local}.")
+
+
+def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Split:
+    import torchvision.datasets as tvd
+
+    train = split == "train"
+    try:
+        if name in ("cifar10", "cifar100"):
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            ds = cls(str(root), train=train, download=download)
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # stored HWC
+            labels, classes = ds.targets, ds.classes
+        elif name == "svhn":
+            ds = tvd.SVHN(str(root / "svhn"), split=split, download=download)
+            images, labels, classes = torch.from_numpy(ds.data), ds.labels, [str(i) for i in range(10)]
+        else:  # fashion-mnist: torchvision stores the IDX files where _find_fashion_idx looks
+            ds = tvd.FashionMNIST(str(root), train=train, download=download)
+            images, labels, classes = ds.data.unsqueeze(1), ds.targets, list(ds.classes)
+    # Offline downloads fail with URLError/OSError deep in urllib, and torchvision reports
+    # absent files as RuntimeError: both mean "not available here", said in one line.
+    except (OSError, RuntimeError, http.client.HTTPException) as e:
+        reason = f"download failed: {type(e).__name__}: {e}" if download else "download=False"
+        raise DataMissing(_missing_message(name, split, root, reason)) from None
+    images = _to_32x32_rgb(torch.as_tensor(images, dtype=torch.uint8))
+    return Split(images, torch.as_tensor(labels, dtype=torch.int64), classes, name)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+def synthetic(split: str = "train", size: int | None = None, seed: int = 0,
+              num_classes: int = 10) -> Split:
+    """A learnable stand-in for CIFAR that needs no files: each class is a smooth random
+    colour pattern; each image is its class pattern at a random shift, with random contrast
+    and pixel noise, so no single pixel gives the class away but a small CNN learns it fast.
+    The same seed gives the same class patterns for train and test, different samples."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    n = size if size is not None else SYNTHETIC_SIZE[split]
+    # Disjoint streams per seed: patterns, train samples, test samples.
+    g_pat = torch.Generator().manual_seed(3 * seed)
+    g = torch.Generator().manual_seed(3 * seed + 1 + SPLITS.index(split))
+
+    # 5x5 random colours upsampled to 40x40: blobs of ~8 px, bigger than the 32 px view
+    # so that a shift reveals a different part of the same pattern.
+    coarse = torch.rand(num_classes, 3, 5, 5, generator=g_pat)
+    patterns = F.interpolate(coarse, size=(40, 40), mode="bicubic", align_corners=False)
+
+    labels = torch.randperm(n, generator=g) % num_classes  # balanced up to n % classes
+    labels = labels.to(torch.int64)
+    dy, dx = torch.randint(0, 9, (2, n), generator=g)
+    rows = dy[:, None] + torch.arange(32)
+    cols = dx[:, None] + torch.arange(32)
+    x = patterns[labels[:, None, None, None], torch.arange(3)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)
+    x = 0.5 + contrast * (x - 0.5) + 0.15 * torch.randn(x.shape, generator=g)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Split(images, labels, [f"class{i}" for i in range(num_classes)], "synthetic")
+
+
+# ----------------------------------------------------------------------------- subsets
+
+def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of `n` examples, exactly n // C from each of the C classes present,
+    chosen at random (fixed by `seed`)."""
+    classes = torch.unique(labels)
+    if n % len(classes):
+        raise ValueError(f"n={n} is not divisible by the {len(classes)} classes")
+    per_class = n // len(classes)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels.cpu()[perm]
+    picked = []
+    for c in classes.tolist():
+        idx = perm[shuffled == c]
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} examples, fewer than {per_class}")
+        picked.append(idx[:per_class])
+    return torch.cat(picked).sort().values
+
+
+def labelled_split(labels: torch.Tensor, n_labelled: int = 4000,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labelled, unlabelled) sorted indices for semi-supervised learning (SPEC 5, 08):
+    n_labelled // C labelled examples per class, every other example unlabelled."""
+    labelled = balanced_subset(labels, n_labelled, seed)
+    is_labelled = torch.zeros(len(labels), dtype=torch.bool)
+    is_labelled[labelled] = True
+    return labelled, torch.nonzero(~is_labelled).squeeze(1)
+
+
+def eval_order(n: int, seed: int = 0) -> torch.Tensor:
+    """One fixed permutation of range(n) to evaluate in. ImageFolder copies are sorted by
+    class, and with BN in training mode a batch of one class normalises itself away (the
+    SPEC pitfall), so evaluation batches must mix classes like training batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None,
+            drop_last: bool) -> Iterator[torch.Tensor]:
+    """Index batches over range(n): in order, or shuffled by `generator` (on its device)."""
+    if generator is None:
+        order = torch.arange(n)
+    else:
+        order = torch.randperm(n, generator=generator, device=generator.device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 0..1; floats are taken to be on 0..1 already."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
+    """[B, 3, H, W] (or [3, H, W]) uint8 or 0..1 float -> float32 normalised per channel."""
+    mean = torch.tensor(MEAN[name], device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD[name], device=x.device).view(3, 1, 1)
+    return (to_unit(x) - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, cutout: int = 16, pad: int = 4,
+            flip: bool = True) -> torch.Tensor:
+    """SPEC 4 augmentation for a whole batch [B, C, H, W] (uint8 or float), same dtype out:
+    random crop with `pad` zero pixels a side, horizontal flip with p = 1/2, and Cutout of a
+    `cutout`-pixel square whose centre is uniform over the image, clipped at the borders
+    (DeVries & Taylor 2017). All randomness is drawn from `generator`, which must live on
+    x.device, so training is reproducible and resumable. 0 turns off cutout or pad."""
+    b, c, h, w = x.shape
+    dev = x.device
+    # Crop and flip are one gather: output pixel (i, j) reads padded pixel
+    # (dy + i, dx + j), or (dy + i, dx + w - 1 - j) when flipped.
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev)
+    j = torch.arange(w, device=dev)
+    cols = dx[:, None] + j
+    if flip:
+        flipped = torch.rand(b, generator=generator, device=dev) < 0.5
+        cols = torch.where(flipped[:, None], dx[:, None] + (w - 1 - j), cols)
+    rows = dy[:, None] + torch.arange(h, device=dev)
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    out = padded[torch.arange(b, device=dev)[:, None, None, None],
+                 torch.arange(c, device=dev)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    if cutout:
+        cy = torch.randint(0, h, (b,), generator=generator, device=dev)
+        cx = torch.randint(0, w, (b,), generator=generator, device=dev)
+        y0 = torch.arange(h, device=dev)[None] - cy[:, None]
+        x0 = j[None] - cx[:, None]
+        # [y - s/2, y + s/2) clipped to the image, as in the reference implementation
+        in_y = (y0 >= -(cutout // 2)) & (y0 < cutout - cutout // 2)
+        in_x = (x0 >= -(cutout // 2)) & (x0 < cutout - cutout // 2)
+        hole = in_y[:, None, :, None] & in_x[:, None, None, :]
+        out = out.masked_fill(hole, 0)
+    return out

@@ -1,0 +1,176 @@
+"""What every notebook shares: one `setup` call gives the profile, the output folder, cached
+models, the evaluation subset, and a record of the claims the notebook tests.
+
+    exp = setup("01_bn_disparity", profile=PROFILE, data_dir=DATA_DIR, results_dir=RESULTS_DIR)
+    model, hist = exp.model("nsa", space=500)
+    exp.claim("...", paper="...", reproduced=f"{x:.3f}", verdict=exp.verdict(x > y), rule="x > y")
+    exp.finish()   # -> results/<profile>/<notebook>/claims.json, read by REPORT.md
+
+Relative paths (results, data) resolve against the repository root, so a notebook runs the
+same from notebooks/ (papermill, Jupyter) as from anywhere else. $NSA_RESULTS_DIR, when set,
+replaces the results folder: tests and CI point it at a scratch folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import data as D
+from .models import ModelSpec
+from .network import WiredNet
+from .profiles import Profile, get_profile
+from .train import default_device, get_or_train
+
+HOLDS = "holds"
+FAILS = "does not hold"
+NOT_COMPARABLE = "not comparable at this profile"
+VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE)
+CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule")
+
+
+def repo_root() -> Path:
+    """The folder holding pyproject.toml above this file; the working directory when the
+    package is installed without its repository."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return Path.cwd()
+
+
+def _under_root(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+def results_root(results_dir: str | Path = "results") -> Path:
+    """Where results go: $NSA_RESULTS_DIR when set, else `results_dir` (relative to the repo)."""
+    return _under_root(os.environ.get("NSA_RESULTS_DIR") or results_dir)
+
+
+def _show(text: str) -> None:
+    """Markdown in a notebook, a line on stderr elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+        if get_ipython() is not None:
+            display(Markdown(text))
+            return
+    except ImportError:
+        pass
+    tqdm.write(text, file=sys.stderr)
+
+
+@dataclass
+class Experiment:
+    notebook: str
+    profile: Profile
+    out: Path                # results/<profile>/<notebook>/
+    models_dir: Path         # the model cache shared by every notebook
+    data_dir: Path
+    device: torch.device
+    seed: int = 0
+    claims: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)   # paths relative to results/<profile>/
+    tables: list[str] = field(default_factory=list)
+    _tests: dict[tuple[str, int | None], D.Split] = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- models and data
+    def spec(self, kind: str, **overrides: Any) -> ModelSpec:
+        """The spec of a model of `kind` at this profile and seed; overrides win."""
+        return ModelSpec.from_profile(self.profile, kind, **{"seed": self.seed, **overrides})
+
+    def model(self, kind: str, **overrides: Any) -> tuple[WiredNet, pd.DataFrame]:
+        """The trained model of `kind` (from the cache, or trained now) and its history."""
+        return get_or_train(self.spec(kind, **overrides), self.models_dir, self.data_dir, self.device,
+                            progress=True)
+
+    def test_set(self, dataset: str | None = None, n: int | None = None) -> D.Split:
+        """The evaluation subset of `dataset` (default: the profile's), first `n` images of the
+        fixed shuffled order (default: profile.test_size): the images training logged."""
+        key = (dataset or self.profile.dataset, n or self.profile.test_size)
+        if key not in self._tests:
+            self._tests[key] = D.eval_subset(key[0], self.data_dir, key[1])
+        return self._tests[key]
+
+    # ---------------------------------------------------------------------- outputs
+    def _record(self, path: Path) -> str:
+        return path.relative_to(self.out.parent).as_posix()
+
+    def save_figure(self, fig, name: str) -> Path:
+        """`name`.png (dpi 150) and `name`.svg under exp.out; the figure stays open."""
+        png = self.out / f"{name}.png"
+        fig.savefig(png, dpi=150, bbox_inches="tight")
+        fig.savefig(self.out / f"{name}.svg", bbox_inches="tight")
+        rel = self._record(png)
+        if rel not in self.figures:
+            self.figures.append(rel)
+        return png
+
+    def save_table(self, df: pd.DataFrame, name: str) -> Path:
+        path = self.out / f"{name}.csv"
+        df.to_csv(path, index=False)
+        rel = self._record(path)
+        if rel not in self.tables:
+            self.tables.append(rel)
+        return path
+
+    # ----------------------------------------------------------------------- claims
+    @staticmethod
+    def verdict(holds: bool, comparable: bool = True) -> str:
+        if not comparable:
+            return NOT_COMPARABLE
+        return HOLDS if holds else FAILS
+
+    def claim(self, statement: str, paper: str, reproduced: str, verdict: str, rule: str) -> None:
+        """Record one tested statement: what the paper reports, what this run measured, and
+        the rule that turned the measurement into the verdict."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS} (use exp.verdict(...)), got {verdict!r}")
+        self.claims.append(dict(zip(CLAIM_FIELDS, (statement, paper, reproduced, verdict, rule))))
+
+    def note(self, text: str) -> None:
+        """Something the reader must know about this run (a data set that was missing, a
+        deviation forced by the profile); it goes to claims.json and REPORT.md."""
+        self.notes.append(text)
+        _show(f"**Note:** {text}")
+
+    def finish(self) -> pd.DataFrame:
+        """Write <out>/claims.json and return the claims as a table."""
+        record = dict(notebook=self.notebook, profile=self.profile.name, seed=self.seed,
+                      finished=time.strftime("%Y-%m-%d %H:%M:%S"), settings=self.profile.as_dict(),
+                      claims=self.claims, notes=self.notes, figures=self.figures, tables=self.tables)
+        (self.out / "claims.json").write_text(json.dumps(record, indent=2, default=str))
+        return pd.DataFrame(self.claims, columns=list(CLAIM_FIELDS))
+
+
+def setup(notebook: str, profile: str | Profile | None = None, data_dir: str | Path | None = None,
+          results_dir: str | Path = "results", seed: int = 0, device: str | torch.device | None = None,
+          overrides: dict[str, Any] | None = None) -> Experiment:
+    """Start a notebook's experiment: profile None/"" -> $NSA_PROFILE, else tiny; data_dir
+    None -> $NSA_DATA_DIR, else <repo>/data; models cached in $NSA_MODELS_DIR, else
+    <results>/models."""
+    import seaborn as sns
+
+    prof = profile.with_overrides(overrides) if isinstance(profile, Profile) else \
+        get_profile(profile or None, overrides)
+    root = results_root(results_dir)
+    out = root / prof.name / notebook
+    out.mkdir(parents=True, exist_ok=True)
+    # A claims.json left by an earlier run must not pass for this run's if this one fails.
+    (out / "claims.json").unlink(missing_ok=True)
+    models_dir = _under_root(os.environ["NSA_MODELS_DIR"]) if os.environ.get("NSA_MODELS_DIR") else root / "models"
+    data = _under_root(data_dir if data_dir is not None else os.environ.get("NSA_DATA_DIR") or "data")
+    torch.manual_seed(seed)
+    sns.set_theme(context="notebook", style="whitegrid")
+    return Experiment(notebook=notebook, profile=prof, out=out, models_dir=models_dir, data_dir=data,
+                      device=torch.device(device) if device else default_device(), seed=seed)

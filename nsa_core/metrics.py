@@ -1,0 +1,146 @@
+"""Classification, calibration and uncertainty metrics (paper Sec. 5.1-5.2, SPEC section 5).
+
+Every function takes predicted *probabilities* (rows sum to 1), never logits: an ensemble's
+prediction is the average of its members' softmax, and averaging logits instead would be a
+different model. Passing logits by mistake raises instead of giving a silently wrong number.
+
+Well-kept implementations do the work where one exists: torchmetrics for ECE, scikit-learn for
+ROC AUC, scipy for Spearman's rho.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+ArrayLike = torch.Tensor | np.ndarray
+
+# Averaged float32 softmax rows sum to 1 to about 1e-6; 1e-3 still catches logits.
+_ROW_SUM_TOL = 1e-3
+
+
+def _check(probs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    if probs.dim() < 2:
+        raise ValueError(f"probs must have shape [..., N, C], got {tuple(probs.shape)}")
+    if probs.numel() and (probs.min() < 0 or probs.max() > 1 or
+                          (probs.sum(-1) - 1).abs().max() > _ROW_SUM_TOL):
+        raise ValueError("probs must be probabilities (in [0, 1], rows summing to 1); "
+                         "apply softmax to logits first")
+    if labels is not None and labels.shape != probs.shape[:1]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match probs "
+                         f"shape {tuple(probs.shape)}")
+
+
+def _as_tensors(probs: ArrayLike, labels: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    probs, labels = torch.as_tensor(probs).detach(), torch.as_tensor(labels).detach().long()
+    _check(probs, labels)
+    return probs, labels
+
+
+def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
+    """Fraction of examples whose arg-max class is the label."""
+    probs, labels = _as_tensors(probs, labels)
+    return (probs.argmax(1) == labels).double().mean().item()
+
+
+def error(probs: ArrayLike, labels: ArrayLike) -> float:
+    """1 - accuracy, as a fraction (the paper's tables print it as a percentage)."""
+    return 1.0 - accuracy(probs, labels)
+
+
+def nll(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood of the labels; eps keeps a zero probability finite."""
+    probs, labels = _as_tensors(probs, labels)
+    p_true = probs.double().gather(1, labels[:, None]).squeeze(1)
+    return -p_true.clamp_min(eps).log().mean().item()
+
+
+def brier(probs: ArrayLike, labels: ArrayLike) -> float:
+    """Mean over examples of sum_c (p_c - onehot_c)^2 (the multi-class Brier score, in [0, 2])."""
+    probs, labels = _as_tensors(probs, labels)
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+    return (probs.double() - onehot).pow(2).sum(1).mean().item()
+
+
+def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017, the paper's Table 2): the top-class
+    confidences fall into `n_bins` equal-width bins and ECE = sum_b |B_b|/N |acc_b - conf_b|.
+
+    torchmetrics bins left-closed, [lower, upper), and puts a confidence of exactly 1.0 (a
+    saturated float32 softmax) into a bin of its own; `reliability` folds those into the top
+    bin instead, so the two agree unless some confidence is exactly 1.0.
+    """
+    probs, labels = _as_tensors(probs, labels)
+    return multiclass_calibration_error(probs.float(), labels, num_classes=probs.shape[1],
+                                        n_bins=n_bins, norm="l1").item()
+
+
+def reliability(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> pd.DataFrame:
+    """The reliability diagram behind `ece`: one row per confidence bin with columns
+    bin_lower, bin_upper, confidence (mean top-class probability), accuracy, count.
+    Empty bins have NaN confidence and accuracy."""
+    probs, labels = _as_tensors(probs, labels)
+    conf, pred = probs.max(1)
+    # The same float32 boundaries and left-closed bins as torchmetrics, so the rows reproduce
+    # its ECE; the clamp puts confidence 1.0 into the top bin.
+    conf = conf.float()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
+    idx = (torch.bucketize(conf, edges, right=False) - 1).clamp(0, n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).double()
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf.double())
+    hit_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, (pred == labels).double())
+    empty = count == 0
+    return pd.DataFrame({
+        "bin_lower": edges[:-1].double().numpy(),
+        "bin_upper": edges[1:].double().numpy(),
+        "confidence": torch.where(empty, math.nan, conf_sum / count).numpy(),
+        "accuracy": torch.where(empty, math.nan, hit_sum / count).numpy(),
+        "count": count.long().numpy(),
+    })
+
+
+def entropy(probs: ArrayLike) -> torch.Tensor:
+    """Predictive entropy in nats over the last axis, [..., C] -> [...]; 0 log 0 = 0."""
+    probs = torch.as_tensor(probs).detach()
+    _check(probs.reshape(-1, probs.shape[-1]))
+    return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def mutual_information(member_probs: ArrayLike) -> torch.Tensor:
+    """The paper's uncertainty (Sec. 5.2): H[mean_t p_t] - mean_t H[p_t] for the T members'
+    predictions, [T, N, C] -> [N]. It is the part of the ensemble's entropy that comes from
+    the members disagreeing, so confident-but-agreeing members score 0."""
+    member_probs = torch.as_tensor(member_probs).detach()
+    if member_probs.dim() != 3:
+        raise ValueError(f"member_probs must have shape [T, N, C], got {tuple(member_probs.shape)}")
+    # float64: the two entropies nearly cancel for agreeing members.
+    p = member_probs.double()
+    mi = entropy(p.mean(0)) - entropy(p).mean(0)
+    # MI >= 0 (Jensen); a negative value is only rounding, and would reorder ties in an AUC.
+    return mi.clamp_min(0).to(member_probs.dtype)
+
+
+def _flat_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def auc(negatives: ArrayLike, positives: ArrayLike) -> float:
+    """ROC AUC of telling positives (class 1: OOD, adversarial, unseen) from negatives
+    (class 0) by the score, higher meaning more positive. Ties count half, so 0.5 is chance."""
+    neg, pos = _flat_numpy(negatives), _flat_numpy(positives)
+    if len(neg) == 0 or len(pos) == 0:
+        raise ValueError("auc needs at least one negative and one positive score")
+    y = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])
+    return float(roc_auc_score(y, np.concatenate([neg, pos])))
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman's rank correlation between paired scores (NaN if either is constant)."""
+    return float(spearmanr(_flat_numpy(a), _flat_numpy(b)).statistic)

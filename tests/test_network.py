@@ -1,0 +1,366 @@
+"""The wired network (SPEC sections 2-3): per-example architectures, NSA-id weights,
+explicit wirings, parameter counts, BN / MC-dropout evaluation switches."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nsa_core import space as sp
+from nsa_core.network import CondBN, NetConfig, WiredNet, bn_mode, count_params, mc_dropout
+
+NODES = 4
+B = 7
+ARCH = [0, 3, 1, 4, 2, 3, 0]  # mixed, with repeats, not sorted
+
+
+def _randomise(model: nn.Module, gen: torch.Generator) -> None:
+    """Move every BN statistic and affine parameter, the per-arch weights included, away
+    from their initial values so that no two architectures share them by accident."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
+            if isinstance(m, CondBN) and m.archs:
+                m.cond_weight.copy_(torch.rand(m.cond_weight.shape, generator=gen) + 0.5)
+                m.cond_bias.copy_(torch.randn(m.cond_bias.shape, generator=gen) * 0.3)
+        if getattr(model, "agg", None) is not None:
+            model.agg.copy_(torch.randn(model.agg.shape, generator=gen) * 2)
+
+
+def _net(S=5, nodes=NODES, width=0.5, seed=0, double=True, randomise=True, **cfg):
+    space = sp.training_space(S, nodes=nodes, seed=seed)
+    model = WiredNet(space, NetConfig(width=width, nodes=nodes, **cfg))
+    if double:
+        model = model.double()
+    if randomise:
+        _randomise(model, torch.Generator().manual_seed(seed + 100))
+    return model.eval(), space
+
+
+def _x(n=B, dtype=torch.float64, seed=1):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _close(a, b, tol=1e-9):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _assert_state_equal(model, saved):
+    now = model.state_dict(keep_vars=True)
+    assert now.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(now[k].detach(), v), k
+
+
+def _flags(model):
+    return {name: m.training for name, m in model.named_modules()}
+
+
+# ------------------------------------------------------------------ per-example equivalence
+
+@pytest.mark.parametrize("cfg", [
+    dict(),                                            # NSA-i
+    dict(cond_bn=True, cond_agg=True, aux=True),       # NSA-id
+    dict(cond_agg=True),                               # NSA-id, aggregation only
+], ids=["nsa-i", "nsa-id", "agg-only"])
+def test_mixed_batch_equals_per_example(cfg):
+    model, _ = _net(**cfg)
+    x, arch = _x(), torch.tensor(ARCH)
+    with torch.no_grad():
+        out, aux = model(x, arch, with_aux=True)
+        for b in range(B):
+            ob, ab = model(x[b:b + 1], torch.tensor([ARCH[b]]), with_aux=True)
+            _close(out[b:b + 1], ob)
+            if cfg.get("aux"):
+                _close(aux[b:b + 1], ab)
+        # the architectures do matter: the same images through arch 0 give other logits
+        assert (out - model(x, 0)).abs().amax() > 1e-3
+
+
+def test_explicit_wirings_mixed_batch_equals_per_example():
+    model, space = _net()
+    w = sp.unseen_architectures(B, space, seed=0)          # [B, 3, N+1, N+1]
+    x = _x()
+    with torch.no_grad():
+        out = model(x, wirings=torch.from_numpy(w))
+        for b in range(B):
+            _close(out[b:b + 1], model(x[b:b + 1], wirings=w[b]))
+        assert (out - model(x, wirings=w[0])).abs().amax() > 1e-3
+
+
+def test_explicit_wirings_equal_space_entries():
+    model, space = _net()
+    x = _x()
+    with torch.no_grad():
+        for k in range(len(space)):
+            _close(model(x, wirings=space[k]), model(x, k))                 # shared wiring
+        _close(model(x, wirings=space[ARCH]), model(x, torch.tensor(ARCH)))  # per example
+
+
+def test_shared_index_batch_equals_per_example_path():
+    for cfg in (dict(), dict(cond_bn=True, cond_agg=True)):
+        model, space = _net(**cfg)
+        x, k = _x(), 3
+        with torch.no_grad():
+            shared = model(x, k)
+            _close(shared, model(x, torch.full((B,), k)))
+            for b in range(B):
+                _close(shared[b:b + 1], model(x[b:b + 1], torch.tensor([k])))
+            if not cfg:
+                # the per-example coefficient path (a [B, ...] stack of one wiring) agrees
+                _close(shared, model(x, wirings=np.stack([space[k]] * B)))
+
+
+def test_forward_argument_errors():
+    cond, space = _net(S=3, cond_agg=True, double=False, randomise=False)
+    plain, _ = _net(S=3, double=False, randomise=False)
+    x = _x(4, torch.float32)
+    with pytest.raises(ValueError, match="unconditional"):
+        cond(x, wirings=space[0])
+    for model in (cond, plain):
+        with pytest.raises(ValueError, match=r"arch: expected one index per example, shape \(4,\)"):
+            model(x, torch.zeros(5, dtype=torch.long))
+        with pytest.raises(ValueError, match="arch: expected"):
+            model(x, torch.zeros(4, 1, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+            model(x, torch.tensor([0, 1, 3, 0]))
+        with pytest.raises(ValueError, match="must lie in"):
+            model(x, torch.tensor([0, -1, 2, 0]))
+        with pytest.raises(ValueError, match="must lie in"):
+            model(x, 7)
+    with pytest.raises(ValueError, match="either arch"):
+        plain(x, torch.zeros(4, dtype=torch.long), wirings=space[0])
+    with pytest.raises(ValueError, match="batch of 4"):
+        plain(x, wirings=space[[0, 1]])
+    bad = space[0].copy()
+    bad[1, 0, 2] = 1
+    with pytest.raises(ValueError, match="lower-triangular"):
+        plain(x, wirings=bad)
+    with pytest.raises(ValueError, match="shape"):
+        plain(x, wirings=sp.training_space(1, nodes=NODES + 1)[0])
+
+
+def test_conditional_aggregation_is_per_architecture():
+    model, _ = _net(S=4, cond_agg=True)
+    arch = torch.tensor([0, 1, 2, 3, 2, 1, 0, 2])
+    x = _x(len(arch))
+    with torch.no_grad():
+        before = model(x, arch)
+        model.agg[2].copy_(torch.randn(model.agg[2].shape, generator=torch.Generator().manual_seed(5)) * 3)
+        after = model(x, arch)
+    hit = arch == 2
+    _close(after[~hit], before[~hit], tol=1e-12)
+    assert ((after[hit] - before[hit]).abs().amax(1) > 1e-3).all()
+
+
+# ------------------------------------------------------------------ sizes
+
+def test_parameter_counts_match_paper():
+    cfg = dict(width=10, nodes=8, aux=True, classes=10)
+    with torch.device("meta"):
+        wrn = WiredNet(sp.fixed_architecture(sp.residual_wiring(8)), NetConfig(**cfg))
+        nsa_id = WiredNet(sp.training_space(5, 8, seed=0),
+                          NetConfig(cond_agg=True, cond_bn=True, **cfg))
+    assert round(count_params(wrn) / 1e6, 1) == 39.5
+    assert round(count_params(nsa_id) / 1e6, 1) == 39.6
+    # the extras are exactly 5 x 3 aggregation matrices and 4 more BN affine copies
+    bn_channels = sum(m.num_features for m in wrn.modules() if isinstance(m, CondBN))
+    assert count_params(nsa_id) - count_params(wrn) == 5 * 3 * 81 + 4 * 2 * bn_channels
+    assert next(wrn.parameters()).is_meta
+
+
+def test_meta_device_count_matches_real_build():
+    space = sp.training_space(3, nodes=3, seed=0)
+    cfg = NetConfig(width=1, nodes=3, aux=True, cond_bn=True, cond_agg=True)
+    with torch.device("meta"):
+        meta = WiredNet(space, cfg)
+    real = WiredNet(space, cfg)
+    assert count_params(meta) == count_params(real)
+    assert [(n, p.shape) for n, p in meta.named_parameters()] == \
+           [(n, p.shape) for n, p in real.named_parameters()]
+
+
+# ------------------------------------------------------------------ BN evaluation modes
+
+def _trained_model(**cfg):
+    model, _ = _net(S=3, nodes=3, width=0.25, aux=True, **cfg)
+    model.train()
+    with torch.no_grad():  # make num_batches_tracked and the statistics non-trivial
+        for s in range(2):
+            model(_x(8, seed=10 + s), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), with_aux=True)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("outer", ["train", "eval"])
+def test_bn_mode_changes_nothing(mode, outer):
+    model = _trained_model(cond_bn=True, cond_agg=True)
+    getattr(model, outer)()
+    # submodules deliberately left in the other mode must come back as they were
+    model.stem_bn.train(outer == "eval")
+    model.stages[1].nodes[0].train(outer == "eval")
+    flags, saved = _flags(model), _state(model)
+    assert saved["stem_bn.num_batches_tracked"].item() == 2
+    x, arch = _x(6), torch.tensor([0, 2, 1, 1, 0, 2])
+    with bn_mode(model, mode) as m:
+        assert m is model
+        for name, mod in model.named_modules():
+            is_bn = isinstance(mod, nn.BatchNorm2d)
+            assert mod.training == (mode == "train" and is_bn), name
+        out, aux = model(x, arch, with_aux=True)
+        out.sum().backward()  # even a backward writes nothing to the state
+    assert aux is not None
+    _assert_state_equal(model, saved)
+    assert _flags(model) == flags
+    assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_bn_mode_outputs():
+    model = _trained_model()
+    _randomise(model, torch.Generator().manual_seed(3))  # running stats far from any batch's
+    x, arch = _x(6), torch.tensor([0, 2, 1, 1, 0, 2])
+    with torch.no_grad():
+        with bn_mode(model, "test"):
+            test_out = model(x, arch)
+        with bn_mode(model, "train"):
+            train_out = model(x, arch)
+        _close(test_out, model.eval()(x, arch))
+        # batch statistics: what a copy in training mode computes (it also updates stats)
+        _close(train_out, copy.deepcopy(model).train()(x, arch))
+    assert (train_out - test_out).abs().amax() > 1e-2
+
+
+@pytest.mark.parametrize("archs", [0, 3])
+def test_bn_mode_single_layer_manual(archs):
+    bn = CondBN(5, archs).double()
+    _randomise(bn, torch.Generator().manual_seed(4))
+    bn.num_batches_tracked.fill_(3)
+    saved = _state(bn)
+    x = torch.randn(6, 5, 4, 4, dtype=torch.float64) * 2 + 1
+    arch = torch.tensor([0, 1, 2, 2, 1, 0]) if archs else None
+    if archs:
+        w, b = bn.cond_weight[arch][:, :, None, None], bn.cond_bias[arch][:, :, None, None]
+    else:
+        w, b = bn.weight[None, :, None, None], bn.bias[None, :, None, None]
+    with torch.no_grad():
+        with bn_mode(bn, "train"):
+            y_train = bn(x, arch)
+        with bn_mode(bn, "test"):
+            y_test = bn(x, arch)
+        mean = x.mean((0, 2, 3), keepdim=True)
+        var = x.var((0, 2, 3), unbiased=False, keepdim=True)
+        _close((x - mean) / torch.sqrt(var + bn.eps) * w + b, y_train)
+        rm, rv = bn.running_mean[None, :, None, None], bn.running_var[None, :, None, None]
+        _close((x - rm) / torch.sqrt(rv + bn.eps) * w + b, y_test)
+    _assert_state_equal(bn, saved)
+
+
+def test_bn_mode_rejects_unknown_mode():
+    model = _trained_model()
+    flags = _flags(model)
+    for bad in ("eval", "Train", None):
+        with pytest.raises(ValueError, match="'train' or 'test'"):
+            with bn_mode(model, bad):
+                pass
+    assert _flags(model) == flags
+
+
+def test_bn_mode_train_keeps_dropout_off():
+    model = _trained_model(dropout=0.2)
+    x = _x(6)
+    with torch.no_grad(), bn_mode(model, "train"):
+        assert torch.equal(model(x, 1), model(x, 1))
+
+
+# ------------------------------------------------------------------ MC dropout
+
+def test_mc_dropout():
+    model, _ = _net(S=1, nodes=NODES, width=0.25, dropout=0.2)  # one fixed architecture
+    model.train()
+    flags, saved = _flags(model), _state(model)
+    x = _x(6)
+    with torch.no_grad():
+        with mc_dropout(model):
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    assert not m.training
+                if isinstance(m, nn.Dropout):
+                    assert m.training
+            a, b = model(x), model(x)
+        assert (a - b).abs().amax() > 1e-4
+        assert _flags(model) == flags
+        _assert_state_equal(model, saved)
+        model.eval()
+        e1, e2 = model(x), model(x)
+    assert torch.equal(e1, e2)
+    assert (a - e1).abs().amax() > 1e-4
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 3 * NODES
+
+
+# ------------------------------------------------------------------ heads, gradients, dtype
+
+@pytest.mark.parametrize("aux", [True, False])
+def test_with_aux(aux):
+    model, _ = _net(S=2, nodes=3, width=0.25, classes=7, aux=aux, double=False, randomise=False)
+    model.train()
+    x = _x(5, torch.float32)
+    logits, aux_logits = model(x, torch.tensor([0, 1, 1, 0, 1]), with_aux=True)
+    assert logits.shape == (5, 7)
+    if aux:
+        assert aux_logits.shape == (5, 7)
+        assert torch.isfinite(aux_logits).all()
+    else:
+        assert aux_logits is None
+    plain = model(x, 0)
+    assert isinstance(plain, torch.Tensor) and plain.shape == (5, 7)
+
+
+def test_gradients_reach_only_used_architectures():
+    model, space = _net(S=4, nodes=3, width=0.25, cond_agg=True, cond_bn=True)
+    model.train()
+    arch = torch.tensor([0, 2, 0, 2, 2, 0])
+    y = torch.tensor([1, 3, 5, 7, 9, 0])
+    F.cross_entropy(model(_x(6), arch), y).backward()
+    used, unused = [0, 2], [1, 3]
+    g = model.agg.grad
+    assert g is not None
+    assert torch.count_nonzero(g[unused]) == 0
+    for k in used:
+        mask = torch.from_numpy(space[k]).bool()
+        assert torch.count_nonzero(g[k][~mask]) == 0  # absent edges get no gradient
+        assert (g[k][mask] != 0).double().mean() > 0.9
+    cond = [m for m in model.modules() if isinstance(m, CondBN)]
+    assert len(cond) == 1 + 3 * 3 + 2
+    for m in cond:
+        for p in (m.cond_weight, m.cond_bias):
+            assert p.grad is not None
+            assert torch.count_nonzero(p.grad[unused]) == 0
+            assert all(p.grad[k].abs().sum() > 0 for k in used)
+
+
+def test_float64():
+    model32, space = _net(double=False, cond_bn=True, cond_agg=True, aux=True)
+    model64 = copy.deepcopy(model32).double()
+    assert all(p.dtype == torch.float64 for p in model64.parameters())
+    x = _x(4, torch.float32)
+    arch = torch.tensor([1, 4, 4, 0])
+    with torch.no_grad():
+        out32, aux32 = model32(x, arch, with_aux=True)
+        out64, aux64 = model64(x.double(), arch, with_aux=True)
+    assert out64.dtype == aux64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out32, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(aux64.float(), aux32, rtol=1e-3, atol=1e-4)
+    plain, space = _net(double=True)
+    out = plain(x.double(), wirings=space[[0, 1, 2, 3]])
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
