@@ -12,6 +12,7 @@ Where the data come from, in order:
   3. fashion-mnist only: the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or
      torchvision's <data-dir>/FashionMNIST/raw/
   4. torchvision, downloading when allowed.
+The cache is trusted as is: delete the .nsa-cache folder after changing the data under it.
 If none works, `DataMissing` says what to provide. "synthetic" is generated in memory.
 
 All randomness comes from explicitly seeded torch.Generators; the global RNG is never used,
@@ -101,7 +102,7 @@ def load(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if name == "synthetic":
-        return synthetic(split, synthetic_size or SYNTHETIC_SIZE[split], seed)
+        return synthetic(split, synthetic_size, seed)
 
     root = resolve_data_dir(data_dir)
     cache = root / name / ".nsa-cache" / f"{split}.pt"
@@ -110,13 +111,13 @@ def load(
         return cached
     folder = root / name / split
     if folder.is_dir():
-        data = _from_image_folder(folder, name)
+        out = _from_image_folder(folder, name)
     elif name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
-        data = _from_idx(*idx)
+        out = _from_idx(*idx)
     else:
-        data = _from_torchvision(name, split, root, download)
-    _write_cache(cache, data)
-    return data
+        out = _from_torchvision(name, split, root, download)
+    _write_cache(cache, out)
+    return out
 
 
 def _read_cache(path: Path, name: str) -> Split | None:
@@ -220,8 +221,8 @@ def _missing_message(name: str, split: str, root: Path, reason: str) -> str:
         local += (f", or the IDX files at {root}/fashion-mnist/{prefix}-*-idx*-ubyte.gz "
                   f"(or torchvision's {root}/FashionMNIST/raw/)")
     why = " ".join(reason.split())  # torchvision's errors span lines; the message must not
-    return (f"data set {name!r} ({split}) not found in {root} ({why}). Either (a) run where torchvision can "
-            f"download it (download=True, the default), or (b) {local}.")
+    return (f"data set {name!r} ({split}) not found in {root} ({why}). Either (a) run where "
+            f"torchvision can download it (download=True, the default), or (b) {local}.")
 
 
 def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Split:
@@ -236,7 +237,8 @@ def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Spli
             labels, classes = ds.targets, ds.classes
         elif name == "svhn":
             ds = tvd.SVHN(str(root / "svhn"), split=split, download=download)
-            images, labels, classes = torch.from_numpy(ds.data), ds.labels, [str(i) for i in range(10)]
+            images, labels = torch.from_numpy(ds.data), ds.labels
+            classes = [str(i) for i in range(10)]
         else:  # fashion-mnist: torchvision stores the IDX files where _find_fashion_idx looks
             ds = tvd.FashionMNIST(str(root), train=train, download=download)
             images, labels, classes = ds.data.unsqueeze(1), ds.targets, list(ds.classes)
@@ -317,6 +319,14 @@ def eval_order(n: int, seed: int = 0) -> torch.Tensor:
     class, and with BN in training mode a batch of one class normalises itself away (the
     SPEC pitfall), so evaluation batches must mix classes like training batches."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def eval_subset(name: str, data_dir: str | Path | None = None, n: int | None = None) -> Split:
+    """The test split in the fixed shuffled `eval_order`, first `n` images (all when None):
+    the one evaluation set that training histories and every notebook use."""
+    test = load(name, "test", data_dir)
+    order = eval_order(len(test), seed=0)
+    return test.subset(order[:n] if n else order)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None,

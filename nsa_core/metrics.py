@@ -90,7 +90,7 @@ def reliability(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> pd.Dat
     # its ECE; the clamp puts confidence 1.0 into the top bin.
     conf = conf.float()
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
-    idx = (torch.bucketize(conf, edges, right=False) - 1).clamp(0, n_bins - 1)
+    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
     count = torch.bincount(idx, minlength=n_bins).double()
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf.double())
     hit_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, (pred == labels).double())

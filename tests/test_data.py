@@ -46,7 +46,8 @@ def test_image_folder_labels_pixels_and_cache(tmp_path, ext, tol):
     split = _load_fake(tmp_path)
     assert split.name == "cifar10" and split.classes == ["airplane", "bird", "cat"]
     assert split.images.dtype == torch.uint8 and split.images.shape == (12, 3, 32, 32)
-    assert split.labels.dtype == torch.int64 and split.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert split.labels.dtype == torch.int64
+    assert split.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     expected = torch.tensor([c for cls in split.classes for c in COLOURS[cls]], dtype=torch.int16)
     diff = (split.images.to(torch.int16) - expected[:, :, None, None]).abs()
     assert diff.max() <= tol

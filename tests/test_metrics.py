@@ -89,6 +89,15 @@ def test_reliability_reproduces_ece():
     assert M.reliability(probs, labels)["count"].sum() == len(labels)
 
 
+def test_bins_are_left_closed_like_torchmetrics():
+    # With 4 bins a confidence of exactly 0.5 sits on an edge. torchmetrics bins [lower,
+    # upper), so it joins [0.5, 0.75): ECE = (0.45 + 0.5) / 2. Guo's (lower, upper] would
+    # pool it with the 0.45 and give 0.025. reliability() must cut the same way.
+    probs, labels = _hand_probs([(0.5, 0, True), (0.45, 1, False)])
+    assert M.ece(probs, labels, n_bins=4) == pytest.approx(0.475, abs=1e-6)
+    assert M.reliability(probs, labels, n_bins=4)["count"].tolist() == [0, 1, 1, 0]
+
+
 def test_reliability_puts_certainty_in_top_bin():
     probs, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
     table = M.reliability(probs, labels)
