@@ -171,7 +171,7 @@ class WiredNet(nn.Module):
         if wirings is not None:
             if arch is not None:
                 raise ValueError("pass either arch indices or explicit wirings, not both")
-            if False:
+            if self.conditional:
                 raise ValueError("explicit wirings need an unconditional model: NSA-id's "
                                  "per-architecture weights exist only for the S seen architectures")
             w = wspace.validate_architecture(np.asarray(torch.as_tensor(wirings).cpu()), self.cfg.nodes)

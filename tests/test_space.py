@@ -93,8 +93,11 @@ def test_seed_changes_space_and_unseen_stream():
     u0 = sp.unseen_architectures(10, a, seed=0)
     assert np.array_equal(u0, sp.unseen_architectures(10, a, seed=0))
     assert not np.array_equal(u0, sp.unseen_architectures(10, a, seed=1))
-    # the unseen stream is not the seen stream: same seed, different architectures
-    assert not np.array_equal(u0, sp.training_space(10, 8, seed=0))
+    # the unseen stream is not the seen stream: had they shared one, the unseen draws
+    # would be the training stream's next architectures
+    u = sp.unseen_architectures(10, sp.training_space(1, 8, seed=0), seed=0)
+    stream = {k.tobytes() for k in sp.training_space(50, 8, seed=0)}
+    assert not {k.tobytes() for k in u} & stream
 
 
 def test_global_rng_untouched():
