@@ -91,8 +91,8 @@ PROFILES: dict[str, Profile] = {
         ensemble_datasets=("cifar10", "cifar100"), labelled=4000, unlabelled=6400, semi_epochs=2,
         semi_milestones=(), semi_batch=64, eval_batch=500, log_every=20),
     "smoke": Profile(
-        name="smoke", dataset="synthetic", train_size=None, test_size=256, synthetic_size=512,
-        width=0.25, nodes=3, epochs=2, batch_size=64, schedule="linear", warmup_epochs=0.0,
+        name="smoke", dataset="synthetic", train_size=None, test_size=256, synthetic_size=1024,
+        width=0.5, nodes=3, epochs=3, batch_size=64, schedule="linear", warmup_epochs=0.3,
         milestones=(), spaces_bn=(5, 50), spaces_unseen=(5, 50), space_ensemble=3,
         n_archs=6, t_max=8, mc_samples=4, attack_size=64, ood_dataset="synthetic-ood",
         ensemble_datasets=("synthetic",), labelled=200, semi_epochs=2, semi_milestones=(),
@@ -129,9 +129,14 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
     except (ValueError, SyntaxError):
         if value.lower() in ("none", "null"):
             return None
+        if current and isinstance(current, tuple) and all(isinstance(c, str) for c in current):
+            return tuple(v.strip() for v in value.split(",") if v.strip())   # attacks=PGD1-2-1,PGD2-3-1
         raise KeyError(f"--set {key}={value}: not a valid value for {key} (like {current!r})") from None
     if isinstance(current, tuple):
         return tuple(parsed) if isinstance(parsed, (list, tuple)) else (parsed,)
-    if isinstance(current, float) and isinstance(parsed, int):
+    if isinstance(current, float) and type(parsed) is int:
         return float(parsed)
+    # A value of the wrong type (epochs=4.5, lr=[0.1]) would fail deep inside a run instead.
+    if current is not None and parsed is not None and type(parsed) is not type(current):
+        raise KeyError(f"--set {key}={value}: {key} takes a {type(current).__name__} (like {current!r})")
     return parsed

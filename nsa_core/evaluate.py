@@ -1,0 +1,376 @@
+"""Evaluation: per-architecture scores, ensembles, MC dropout, batch-mean statistics, OOD
+detection and white-box attacks (paper Secs. 3-5 and App. C; SPEC section 5).
+
+Every function works in large batched forwards. With BN in test mode an example's output
+does not depend on its batch, so T architectures on N images become T x N (member, image)
+pairs, taken `batch` at a time with one architecture index per example: one forward mixes
+architectures, there is no Python loop over examples, and memory stays bounded by `batch`
+images per forward whatever T and N are. With BN in training mode the batch *is* part of the
+computation, and NSA's training batches hold one architecture, so those forwards hold one
+architecture each (NSA-i's mixed batches are what `predict` with per-example indices gives).
+
+Data order: callers pass evaluation images already in one fixed shuffled order
+(`train.load_data` and `data.eval_order` produce it). Local ImageFolder copies are sorted by
+class, and with BN in training mode a one-class batch normalises itself away (SPEC pitfall).
+
+The model is left bit-identical: `network.bn_mode` and `network.mc_dropout` restore every
+module's flag and never let BN write its running statistics.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as D
+from . import metrics
+from .attacks import PGD, pgd_attack
+from .network import WiredNet, bn_mode, mc_dropout
+from .train import draw_archs
+
+OOD_SYNTHETIC = "synthetic-ood"
+
+ArchLike = torch.Tensor | np.ndarray | list[int]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_bn(bn: str) -> None:
+    if bn not in ("train", "test"):
+        raise ValueError(f"bn must be 'train' or 'test', got {bn!r}")
+
+
+def _members(model: WiredNet, archs: ArchLike | None,
+             wirings: torch.Tensor | np.ndarray | None) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """(indices [T] or None, wirings [T, 3, N+1, N+1] or None, T); no choice means the
+    whole training space."""
+    if archs is not None and wirings is not None:
+        raise ValueError("pass either archs (indices) or wirings, not both")
+    if wirings is not None:
+        w = torch.as_tensor(np.asarray(torch.as_tensor(wirings).cpu()))
+        w = w[None] if w.dim() == 3 else w
+        return None, w, len(w)
+    idx = torch.arange(model.num_archs) if archs is None else torch.as_tensor(archs, dtype=torch.long).reshape(-1)
+    if len(idx) == 0:
+        raise ValueError("archs is empty: pass at least one architecture index")
+    return idx, None, len(idx)
+
+
+def _pairs(members: int, n: int, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(member, image) index pairs, member-major, `batch` at a time: each chunk is one forward
+    of `batch` images, mixing the members that fall into it."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    for start in range(0, members * n, batch):
+        p = torch.arange(start, min(start + batch, members * n))
+        yield p // n, p % n
+
+
+def _forward(model: WiredNet, x: torch.Tensor, idx: torch.Tensor | None, wirings: torch.Tensor | None,
+             member: torch.Tensor | int) -> torch.Tensor:
+    """Logits of images x under member(s) `member` (positions into idx or wirings; an int
+    for one member for the whole batch, a tensor for one per example)."""
+    if wirings is not None:
+        return model(x, wirings=wirings[member]).float()
+    arch = int(idx[member]) if isinstance(member, int) else idx[member].to(x.device)
+    return model(x, arch).float()
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Torch's global RNG (dropout's) seeded for the block and restored afterwards, so MC
+    dropout is reproducible and the caller's random stream is untouched."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# ------------------------------------------------------------------------- prediction
+
+def predict(model: WiredNet, images: torch.Tensor, norm: str, arch: ArchLike | int | None = None,
+            wirings: torch.Tensor | np.ndarray | None = None, bn: str = "test", batch: int = 500,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits [N, C] (float32, CPU) of images (uint8 [N, 3, 32, 32] or [0, 1] floats)
+    normalised with the statistics of `norm` (the *training* set's name).
+
+    arch: None (index 0), one int, or one index per image [N]; wirings: one shared
+    [3, N+1, N+1] architecture or one per image. bn='train' normalises each batch of `batch`
+    by its own statistics, so the result depends on which images (and architectures) share a
+    batch: pass images in a fixed shuffled order (data.eval_order) so batches mix classes."""
+    _check_bn(bn)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    dev = torch.device(device) if device is not None else _device(model)
+    n = len(images)
+    if arch is not None and not isinstance(arch, (int, np.integer)):
+        arch = torch.as_tensor(arch, dtype=torch.long)
+        if arch.shape != (n,):
+            raise ValueError(f"arch: expected an int or one index per image ({n},), got {tuple(arch.shape)}")
+    if wirings is not None:
+        wirings = torch.as_tensor(np.asarray(torch.as_tensor(wirings).cpu()))
+        if wirings.dim() == 4 and len(wirings) != n:
+            raise ValueError(f"wirings: expected one shared architecture or {n}, got {len(wirings)}")
+    out = []
+    with bn_mode(model, bn), torch.no_grad():
+        for s in range(0, n, batch):
+            x = D.normalize(images[s:s + batch].to(dev), norm)
+            a = arch[s:s + batch].to(dev) if isinstance(arch, torch.Tensor) else arch
+            w = wirings[s:s + batch] if wirings is not None and wirings.dim() == 4 else wirings
+            out.append(model(x, a, wirings=w).float().cpu())
+    return torch.cat(out)
+
+
+def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str,
+                archs: ArchLike | None = None, wirings: torch.Tensor | np.ndarray | None = None,
+                bn: str = "test", batch: int = 500) -> pd.DataFrame:
+    """Accuracy and mean cross-entropy of each architecture (paper Figs. 2-3 and 5): one row
+    per architecture, columns arch (its index, or its position in `wirings`), acc, loss.
+    archs None and wirings None: every architecture of the training space.
+
+    bn='test': all (architecture, image) pairs in forwards of `batch` images that mix
+    architectures. bn='train': each forward holds one architecture and `batch` images and is
+    normalised by its own statistics, as NSA trains; images must come in a fixed shuffled
+    order (data.eval_order) so that each batch mixes classes (SPEC pitfall)."""
+    _check_bn(bn)
+    idx, w, T = _members(model, archs, wirings)
+    dev = _device(model)
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels")
+    loss = torch.zeros(T, dtype=torch.float64, device=dev)
+    correct = torch.zeros(T, dtype=torch.float64, device=dev)
+    with bn_mode(model, bn), torch.no_grad():
+        if bn == "test":
+            chunks = ((t, i) for t, i in _pairs(T, n, batch))
+        else:
+            if batch < 1:
+                raise ValueError(f"batch must be >= 1, got {batch}")
+            chunks = ((t, torch.arange(s, min(s + batch, n))) for t in range(T) for s in range(0, n, batch))
+        for t, i in chunks:
+            x = D.normalize(images[i.to(images.device)].to(dev), norm)
+            y = labels[i.to(labels.device)].to(dev)
+            logits = _forward(model, x, idx, w, t)
+            member = torch.full((len(i),), t, device=dev) if isinstance(t, int) else t.to(dev)
+            loss.index_add_(0, member, F.cross_entropy(logits, y, reduction="none").double())
+            correct.index_add_(0, member, (logits.argmax(1) == y).double())
+    names = idx.numpy() if idx is not None else np.arange(T)
+    return pd.DataFrame({"arch": names, "acc": (correct / n).cpu().numpy(), "loss": (loss / n).cpu().numpy()})
+
+
+def member_probs(model: WiredNet, images: torch.Tensor, norm: str, archs: ArchLike | None = None,
+                 wirings: torch.Tensor | np.ndarray | None = None, batch: int = 500) -> torch.Tensor:
+    """Softmax probabilities [T, N, C] (CPU) of T ensemble members, BN in test mode: member t
+    is architecture archs[t] (None: the whole training space) or wirings[t]. Forwards of
+    `batch` images mix members, so T small or large costs the same per image."""
+    idx, w, T = _members(model, archs, wirings)
+    dev = _device(model)
+    n = len(images)
+    out = torch.empty(T, n, model.cfg.classes)
+    with bn_mode(model, "test"), torch.no_grad():
+        for t, i in _pairs(T, n, batch):
+            x = D.normalize(images[i.to(images.device)].to(dev), norm)
+            out[t, i] = _forward(model, x, idx, w, t).softmax(1).cpu()
+    return out
+
+
+def ensemble_curve(member_probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Accuracy of the ensemble of the first t members, t = 1..T (paper Fig. 4), in one sweep:
+    a running sum over members (argmax ignores the 1/t), in float64 so that it picks the same
+    class as averaging the t members separately."""
+    p = torch.as_tensor(member_probs).double()
+    y = torch.as_tensor(labels).long().to(p.device)
+    if p.dim() != 3 or p.shape[1] != len(y):
+        raise ValueError(f"member_probs must be [T, N, C] with N = {len(y)} labels, got {tuple(p.shape)}")
+    hits = p.cumsum(0).argmax(2) == y
+    return hits.double().mean(1).cpu().numpy()
+
+
+def mc_dropout_probs(model: WiredNet, images: torch.Tensor, norm: str, samples: int, batch: int = 500,
+                     seed: int = 0) -> torch.Tensor:
+    """Softmax probabilities [K, N, C] (CPU) of `samples` MC-dropout passes (dropout on, BN in
+    test mode; architecture index 0, i.e. the fixed network). The K copies of each image sit in
+    the same forwards as other images, each example with its own dropout mask; torch's global
+    RNG is seeded with `seed` for the call and then restored, so the samples are reproducible
+    (for the same `batch`) and the caller's random stream is untouched."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not _has_dropout(model):
+        raise ValueError("MC dropout needs a model with dropout (kind 'wrn-dropout'); this one has none")
+    dev = _device(model)
+    n = len(images)
+    out = torch.empty(samples, n, model.cfg.classes)
+    with _seeded(seed), mc_dropout(model), torch.no_grad():
+        for k, i in _pairs(samples, n, batch):
+            x = D.normalize(images[i.to(images.device)].to(dev), norm)
+            out[k, i] = model(x).float().softmax(1).cpu()
+    return out
+
+
+# ----------------------------------------------------------------- BN batch statistics
+
+def batch_mean_variance(model: WiredNet, images: torch.Tensor, norm: str, sampling: str,
+                        batches: int = 50, batch_size: int = 128, seed: int = 0) -> pd.DataFrame:
+    """Variance across batches of each BN layer's batch mean (paper Sec. 3 and App. C): one
+    row per BN layer the forward runs (layer = module name), var_mean = the unbiased variance
+    over `batches` batches of the per-channel mean (over N, H, W) of the BN's input, averaged
+    over channels.
+
+    As NSA trains: BN in training mode (each batch normalised by its own statistics, running
+    statistics untouched) and architectures drawn by train.draw_archs, one per batch
+    ('batch', NSA) or one per example ('example', NSA-i). Images and architectures come from
+    separate generators seeded by `seed`, so both samplings see the same image batches and
+    differ only in how architectures are assigned."""
+    if sampling not in ("batch", "example"):
+        raise ValueError(f"sampling must be 'batch' (NSA) or 'example' (NSA-i), got {sampling!r}")
+    n = len(images)
+    if n < batch_size:
+        raise ValueError(f"{n} images are fewer than one batch of {batch_size}")
+    if batches < 2:
+        raise ValueError(f"a variance across batches needs batches >= 2, got {batches}")
+    dev = _device(model)
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    means: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
+
+    def capture(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            means[name].append(args[0].detach().float().mean((0, 2, 3)))
+        return hook
+
+    g_img = torch.Generator().manual_seed(seed)
+    g_arch = torch.Generator().manual_seed(seed + 1)
+    handles = [m.register_forward_pre_hook(capture(name)) for name, m in layers]
+    try:
+        with bn_mode(model, "train"), torch.no_grad():
+            for _ in range(batches):
+                i = torch.randperm(n, generator=g_img)[:batch_size]
+                arch = draw_archs(sampling, model.num_archs, batch_size, batch_size, g_arch)
+                model(D.normalize(images[i.to(images.device)].to(dev), norm), arch.to(dev))
+    finally:
+        for h in handles:
+            h.remove()
+    # Layers outside the forward (the auxiliary head) captured nothing and get no row.
+    rows = [(name, torch.stack(v).var(0).mean().item()) for name, v in means.items() if v]
+    return pd.DataFrame(rows, columns=["layer", "var_mean"])
+
+
+# ----------------------------------------------------------------- uncertainty, attacks
+
+def ood_auc(probs_in: torch.Tensor | np.ndarray, probs_ood: torch.Tensor | np.ndarray) -> float:
+    """AUC of telling out-of-distribution images (positive) from in-distribution ones by the
+    mutual information of the T members' predictions [T, N, C] (paper Sec. 5.2, Table 3)."""
+    return metrics.auc(metrics.mutual_information(probs_in), metrics.mutual_information(probs_ood))
+
+
+def load_ood(name: str, data_dir: str | Path | None = None, n: int | None = None, seed: int = 0) -> D.Split:
+    """The OOD test set `name` ('svhn', 'fashion-mnist', 'cifar100', ...), its first n images in
+    the fixed shuffled order data.eval_order(seed); raises data.DataMissing when unavailable.
+    'synthetic-ood' (for the smoke profile) is synthetic data drawn from other class patterns
+    than the 'synthetic' training set, so it is out of distribution for models trained on it.
+    Normalise it with the *training* set's statistics, never its own."""
+    if name == OOD_SYNTHETIC:
+        split = D.synthetic("test", size=n or D.SYNTHETIC_SIZE["test"], seed=seed + 1000)
+        return replace(split, name=OOD_SYNTHETIC)
+    if name == "synthetic":
+        raise ValueError(f"'synthetic' shares the training set's class patterns; use {OOD_SYNTHETIC!r} for OOD")
+    test = D.load(name, "test", data_dir)
+    order = D.eval_order(len(test), seed)
+    return test.subset(order[:n] if n else order)
+
+
+def _member_fn(model: WiredNet, norm: str, archs: ArchLike | None, mc_samples: int | None,
+               seed: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """(x in [0, 1] [B, 3, 32, 32] -> members' probabilities [T, B, C], T), differentiable.
+    Each image is replicated T times in one forward. MC dropout re-seeds torch's RNG on
+    every call, so the same batch shape always meets the same K dropout masks: PGD attacks
+    exactly the ensemble that is evaluated."""
+    dev = _device(model)
+    if mc_samples is not None:
+        if archs is not None:
+            raise ValueError("pass archs (NSA ensembles) or mc_samples (MC dropout), not both")
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        if not _has_dropout(model):
+            raise ValueError("MC dropout needs a model with dropout (kind 'wrn-dropout'); this one has none")
+
+        def dropout_members(x: torch.Tensor) -> torch.Tensor:
+            xn = D.normalize(x.to(dev), norm).repeat(mc_samples, 1, 1, 1)
+            with _seeded(seed), mc_dropout(model):
+                return model(xn).float().softmax(1).view(mc_samples, len(x), -1)
+        return dropout_members, mc_samples
+
+    idx, _, T = _members(model, archs, None)
+
+    def arch_members(x: torch.Tensor) -> torch.Tensor:
+        xn = D.normalize(x.to(dev), norm).repeat(T, 1, 1, 1)
+        with bn_mode(model, "test"):
+            return model(xn, idx.repeat_interleave(len(x)).to(dev)).float().softmax(1).view(T, len(x), -1)
+    return arch_members, T
+
+
+def ensemble_predictor(model: WiredNet, norm: str, archs: ArchLike | None = None, mc_samples: int | None = None,
+                       seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A differentiable function from [0, 1] images [B, 3, 32, 32] to the ensemble's averaged
+    softmax [B, C]: over architectures `archs` (None: the whole training space; BN in test
+    mode) or over `mc_samples` dropout masks (seeded by `seed` on every call). One forward
+    holds B x T images. It is what PGD attacks (attacks.pgd_attack)."""
+    members, _ = _member_fn(model, norm, archs, mc_samples, seed)
+
+    def predict_probs(x: torch.Tensor) -> torch.Tensor:
+        return members(x).mean(0)
+    return predict_probs
+
+
+def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
+                  archs: ArchLike | None = None, mc_samples: int | None = None, batch: int = 250,
+                  seed: int = 0) -> dict:
+    """White-box PGD against the whole ensemble (paper Table 3): acc_clean and acc_adv are the
+    accuracies of the ensemble's averaged prediction on clean and attacked images, auc is the
+    AUC of telling attacked (positive) from clean (negative) images by mutual information.
+    The members are `archs` (NSA) or `mc_samples` seeded dropout masks (fixed networks), the
+    same ones for the attack's gradient and for the evaluation.
+
+    `batch` bounds the images per forward, replicas included: each forward attacks
+    max(1, batch // T) images. The random start is drawn from a generator seeded by `seed`."""
+    members, T = _member_fn(model, norm, archs, mc_samples, seed)
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    dev = _device(model)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    chunk = max(1, batch // T)
+    predict_probs = lambda x: members(x).mean(0)  # noqa: E731
+    clean, adv, y_all = [], [], []
+    for s in range(0, n, chunk):
+        x = D.to_unit(images[s:s + chunk].to(dev))
+        y = labels[s:s + chunk].to(dev)
+        x_adv = pgd_attack(predict_probs, x, y, attack, gen)
+        with torch.no_grad():
+            clean.append(members(x).cpu())
+            adv.append(members(x_adv).cpu())
+        y_all.append(y.cpu())
+    p_clean, p_adv, y = torch.cat(clean, 1), torch.cat(adv, 1), torch.cat(y_all)
+    return dict(attack=attack.name, eps=attack.eps,
+                acc_clean=metrics.accuracy(p_clean.mean(0), y), acc_adv=metrics.accuracy(p_adv.mean(0), y),
+                auc=metrics.auc(metrics.mutual_information(p_clean), metrics.mutual_information(p_adv)), n=n)
+
+
+__all__ = ["predict", "arch_scores", "member_probs", "ensemble_curve", "mc_dropout_probs",
+           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_predictor", "attack_report"]
