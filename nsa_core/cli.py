@@ -11,7 +11,7 @@ from dataclasses import fields
 
 from . import data as D
 from .models import KINDS, ModelSpec
-from .profiles import PROFILES, get_profile, parse_sets
+from .profiles import PROFILES, _coerce, get_profile, parse_sets
 
 
 def _spec_from_args(args) -> tuple[ModelSpec, object]:
@@ -23,14 +23,19 @@ def _spec_from_args(args) -> tuple[ModelSpec, object]:
     if args.kind not in KINDS:
         raise KeyError(f"unknown kind {args.kind!r}; choose one of {', '.join(KINDS)}")
     extra = {}
+    spec_types = {f.name: str(f.type) for f in fields(ModelSpec)}
     for k, v in sets.items():
         if k in profile_sets:
             continue
-        current = getattr(ModelSpec(kind="nsa"), k)
-        extra[k] = profile.__class__.with_overrides.__globals__["_coerce"](v, current, k)
+        if k == "kind":
+            raise KeyError("the kind is set with --kind, not --set kind=...")
+        if spec_types[k].startswith("str") and v.lower() not in ("none", "null"):
+            extra[k] = v      # e.g. semi=consistency: a bare word, not a Python literal
+        else:
+            extra[k] = _coerce(v, getattr(ModelSpec(kind="nsa"), k), k)
     if args.space is not None:
         extra["space"] = args.space
-    elif KINDS[args.kind][0] != "fixed":
+    elif "space" not in extra and KINDS[args.kind][0] != "fixed":
         extra["space"] = 500
     if args.seed is not None:
         extra["seed"] = args.seed
@@ -53,6 +58,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_profiles(args) -> int:
+    if args.name:
+        get_profile(args.name)   # an unknown name is a KeyError, not an empty listing
     for name in PROFILES:
         if args.name and name != args.name:
             continue
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"nsa: error: {msg}", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, FloatingPointError) as e:   # the latter: a diverging run (lr too high)
         print(f"nsa: error: {e}", file=sys.stderr)
         return 2
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they stream through papermill and render in Jupyter alike
 
 from . import data as D
 from .models import ModelSpec, build
@@ -92,11 +92,15 @@ def atomic_save(obj, path: Path) -> None:
     the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:   # a failed save (disk full, unpicklable, a signal) leaves no temp file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path, spec: ModelSpec) -> dict:
@@ -313,6 +317,8 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
                     losses = torch.stack(recent).cpu()
                     bad = (~torch.isfinite(losses)).nonzero()
                     if len(bad):
+                        bar.close()   # now, or the bar is redrawn after the error message
+                        log.close()
                         s_bad = step - len(recent) + 1 + int(bad[0])
                         raise FloatingPointError(
                             f"{spec.kind}: non-finite training loss at epoch {epoch + 1}, step {s_bad + 1} "
@@ -340,9 +346,10 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
             checkpoint(epoch + 1, 0, None, None)
     bar.close()
     hist = pd.DataFrame(history)
+    # model.pt last: get_or_train takes its presence to mean the folder is complete
+    hist.to_csv(folder / "history.csv", index=False)
     atomic_save({"spec": spec.to_json(), "model": model.state_dict(), "classes": data.classes},
                 folder / "model.pt")
-    hist.to_csv(folder / "history.csv", index=False)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (folder / name).unlink(missing_ok=True)
     say("finished")

@@ -1,0 +1,136 @@
+"""The command line, run as users run it: `python -m nsa_core ...` in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nsa_core import cli
+from nsa_core.models import ModelSpec
+from nsa_core.profiles import get_profile
+from nsa_core.train import model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("train", "reproduce", "bench", "profiles")
+
+
+def nsa(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "nsa_core", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_documents_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+        with pytest.raises(SystemExit) as e:
+            cli.main([command, "--help"])
+        assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m nsa_core " + command)
+
+
+def test_train_help_documents_its_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--kind", "--space", "--profile", "--data-dir", "--models-dir", "--device", "--seed", "--set"):
+        assert option in out
+    assert "nsa-id" in out and "smoke" in out
+
+
+MISTAKES = [
+    (["--profile", "huge", "--kind", "nsa-i"], "unknown profile 'huge'"),
+    (["--profile", "smoke", "--kind", "nsa-x"], "unknown kind 'nsa-x'"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "dataset=foo"], "unknown data set 'foo'"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epoch=4"], "unknown profile key 'epoch'"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs=four"], "epochs"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs=4.5"], "epochs takes a int"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs"], "key=value"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "kind=wrn"], "--kind"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "semi=pseudo"], "semi-supervised mode 'pseudo'"),
+    (["--profile", "smoke", "--kind", "wrn", "--space", "5"], "space must be 1"),
+]
+
+
+@pytest.mark.parametrize("args, words", MISTAKES)
+def test_user_mistakes_are_one_line_and_exit_2(args, words, tmp_path, capsys):
+    assert cli.main(["train", *args, "--models-dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nsa: error:") and words in lines[0], err
+    assert out == ""
+    assert not any(tmp_path.iterdir()), "nothing may be trained or written"
+
+
+def test_user_mistake_from_the_shell_has_no_traceback(tmp_path):
+    r = nsa("train", "--profile", "smoke", "--kind", "nsa-x", "--models-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["nsa: error: unknown kind 'nsa-x'; choose one of nsa, nsa-i, nsa-id, "
+                                     "nsa-id-agg, wrn, wrn-dropout, single"]
+    assert r.stdout == "" and not any(tmp_path.iterdir())
+
+
+def test_unknown_profile_name_for_profiles_command(capsys):
+    assert cli.main(["profiles", "huge"]) == 2
+    assert capsys.readouterr().err.startswith("nsa: error: unknown profile 'huge'")
+    assert cli.main(["profiles", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[smoke]") and "dataset = synthetic" in out and "[tiny]" not in out
+
+
+def test_missing_data_offline_is_one_line_and_exit_2(tmp_path):
+    # Downloads go through a proxy that refuses every connection, so this holds with or
+    # without internet access.
+    offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "no_proxy": "", "NO_PROXY": ""}
+    empty = tmp_path / "data"
+    empty.mkdir()
+    r = nsa("train", "--kind", "nsa-i", "--profile", "tiny", "--data-dir", str(empty),
+            "--models-dir", str(tmp_path / "models"), env=offline)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nsa: error: data set 'cifar10'"), r.stderr
+    assert str(empty) in lines[0] and "ImageFolder" in lines[0]
+
+
+def test_set_reaches_the_spec():
+    args = cli.build_parser().parse_args(
+        ["train", "--kind", "nsa-id", "--profile", "smoke", "--set", "epochs=1", "--set", "space=7",
+         "--set", "aux=True", "--set", "seed=3", "--set", "milestones=(1,)"])
+    spec, profile = cli._spec_from_args(args)
+    assert (spec.epochs, spec.space, spec.aux, spec.seed, spec.milestones) == (1, 7, True, 3, (1,))
+    assert profile.name == "smoke" and profile.epochs == 1
+    args = cli.build_parser().parse_args(
+        ["train", "--kind", "nsa-id", "--profile", "smoke", "--space", "3", "--set", "semi=consistency"])
+    spec, _ = cli._spec_from_args(args)
+    assert spec.semi == "consistency" and spec.space == 3
+    args = cli.build_parser().parse_args(["train", "--kind", "wrn", "--profile", "smoke"])
+    assert cli._spec_from_args(args)[0].space == 1
+
+
+def test_train_smoke_prints_the_model_folder(tmp_path):
+    r = nsa("train", "--profile", "smoke", "--kind", "nsa-i", "--space", "5", "--set", "epochs=1",
+            "--set", "synthetic_size=256", "--models-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    spec = ModelSpec.from_profile(get_profile("smoke", {"epochs": 1, "synthetic_size": 256}), "nsa-i", space=5)
+    folder = model_dir(spec, tmp_path)
+    assert r.stdout.splitlines() == [str(folder)]
+    assert (folder / "model.pt").exists() and (folder / "history.csv").exists()
+    assert "test accuracy" in r.stderr
+
+
+def test_diverging_run_is_one_error_line(tmp_path, capsys):
+    args = ["train", "--profile", "smoke", "--kind", "nsa-i", "--space", "5", "--set", "lr=1e30",
+            "--set", "epochs=1", "--set", "synthetic_size=256", "--models-dir", str(tmp_path)]
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    last = err.strip().splitlines()[-1]   # after the progress bar
+    assert last.startswith("nsa: error: nsa-i: non-finite training loss at epoch 1, step")
+    assert "--set lr=" in last and "Traceback" not in err and out == ""
