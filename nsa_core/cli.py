@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FloatingPointError) as e:   # the latter: a diverging run (lr too high)
         print(f"nsa: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:   # SIGINT/SIGTERM: the trainer has written a checkpoint
+        print(f"nsa: {e or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -198,17 +198,17 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
     """Train (or resume) the model of `spec` in `folder`; returns the model and its history.
     `on_step(step)` is called after every optimiser step (tests use it to kill the run)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device else default_device()
     cuda = device.type == "cuda"
+    data = load_data(spec, data_dir, device)   # first: missing data leaves no empty model folder
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(spec.to_json())
-    log = open(folder / "train.log", "a")
 
     def say(msg: str) -> None:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-        log.flush()
+        with open(folder / "train.log", "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
-    data = load_data(spec, data_dir, device)
+    say(f"start {spec.key} on {device}, {len(data.y)} training images")
     torch.manual_seed(spec.seed)  # the initial weights, and dropout's stream
     model = build(spec, len(data.classes)).to(device)
     if cuda:
@@ -318,7 +318,6 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
                     bad = (~torch.isfinite(losses)).nonzero()
                     if len(bad):
                         bar.close()   # now, or the bar is redrawn after the error message
-                        log.close()
                         s_bad = step - len(recent) + 1 + int(bad[0])
                         raise FloatingPointError(
                             f"{spec.kind}: non-finite training loss at epoch {epoch + 1}, step {s_bad + 1} "
@@ -332,7 +331,6 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
                     checkpoint(epoch, step + 1, perm, [t.item() for t in (loss_sum, correct, seen, cons_sum)])
                     say(f"stopped by signal {stop['sig']} at epoch {epoch} step {step + 1}; checkpoint written")
                     bar.close()
-                    log.close()
                     raise Interrupted(f"training stopped by signal; resume with the same command ({folder})")
             test_loss, test_acc = test_pass(model, data, spec.sampling, 500,
                                             torch.Generator().manual_seed(10_000 + epoch), autocast)
@@ -353,7 +351,6 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (folder / name).unlink(missing_ok=True)
     say("finished")
-    log.close()
     return model.eval(), hist
 
 
