@@ -1,4 +1,5 @@
-"""Shared steps of the paper's Sec. 5 notebooks (05 ensemble, 06 calibration, 07 uncertainty).
+"""Shared steps of the paper's Sec. 5 notebooks (05 ensemble, 06 calibration, 07 uncertainty),
+and `at_paper_scale`, which tells every notebook whether absolute numbers are comparable.
 
 Table 2 compares four methods on one test set. Each is kept as *member* probabilities
 [T, N, C], so every notebook derives what it needs from the same numbers:
@@ -18,9 +19,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import data as D
 from . import evaluate, metrics
+from .models import ModelSpec, build
 from .network import WiredNet, count_params
+from .profiles import PROFILES, Profile
 from .train import atomic_save
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN",
+                 "fashion-mnist": "Fashion-MNIST", "synthetic": "synthetic", "synthetic-ood": "synthetic OOD"}
+OOD_FALLBACK = "fashion-mnist"   # a local stand-in where SVHN cannot be downloaded
 
 METHODS = ("wrn", "wrn-dropout", "single", "nsa-id")
 LABELS = {"wrn": "WRN-28-10†", "wrn-dropout": "WRN-28-10† + MC dropout",
@@ -33,6 +41,34 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
     "cifar100": {"wrn": (39.5e6, 16.75, 0.0672), "wrn-dropout": (39.5e6, 17.16, 0.0454),
                  "single": (39.5e6, 17.02, 0.0446), "nsa-id": (39.6e6, 16.44, 0.0212)},
 }
+
+
+def at_paper_scale(profile: Profile) -> bool:
+    """Whether `profile` trains and evaluates exactly as the paper does, so that absolute
+    numbers (not only orderings) can be compared with the paper's tables."""
+    ours, paper = profile.as_dict(), PROFILES["paper"].as_dict()
+    return all(ours[k] == paper[k] for k in paper if k not in ("name", "eval_batch", "log_every"))
+
+
+def settings(profile: Profile, keys: Iterable[str]) -> pd.DataFrame:
+    """This run's values of some profile fields next to the paper's (SPEC sections 4-5)."""
+    paper = PROFILES["paper"]
+    keys = list(keys)
+    return pd.DataFrame([[getattr(profile, k), getattr(paper, k)] for k in keys], index=keys,
+                        columns=["this run", "paper"], dtype=object)
+
+
+def paper_param_counts(dataset: str = "cifar10") -> pd.Series:
+    """Parameters of each method's network at the paper's size (width 10, 8 nodes; built,
+    not trained), to check against Table 2's # params column."""
+    p = PROFILES["paper"]
+    S = p.space_ensemble
+    specs = {"wrn": ModelSpec.from_profile(p, "wrn", aux=True, dataset=dataset),
+             "wrn-dropout": ModelSpec.from_profile(p, "wrn-dropout", aux=True, dataset=dataset),
+             "single": ModelSpec.from_profile(p, "single", space=S, arch_index=0, aux=True, dataset=dataset),
+             "nsa-id": ModelSpec.from_profile(p, "nsa-id", space=S, aux=True, dataset=dataset)}
+    return pd.Series({m: count_params(build(s, D.NUM_CLASSES[dataset])) for m, s in specs.items()},
+                     name="params")
 
 
 def method_specs(exp, dataset: str) -> dict[str, list]:
@@ -51,6 +87,7 @@ def ensemble_models(exp, dataset: str, methods: Iterable[str] = METHODS
                     ) -> dict[str, list[tuple[WiredNet, pd.DataFrame]]]:
     """The trained (cached) models of the Table 2 methods: method -> [(model, history)], one
     entry per individually trained network (S for "single", one otherwise)."""
+    methods = tuple(methods)
     _check_methods(methods)
     S = exp.profile.space_ensemble
     out: dict[str, list[tuple[WiredNet, pd.DataFrame]]] = {}
@@ -76,37 +113,62 @@ def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({method: member probabilities [T, N, C]}, labels [N]) on the evaluation subset of
     `dataset`. Cached in results/<profile>/_shared/probs_<dataset>.pt; a method is computed
-    again (training its models if they are missing) only when its models, the test set or
-    the number of MC dropout samples changed."""
+    again (training its models if they are missing) only when its models, the test set, the
+    seed or MC dropout's samples (their number and batch layout) changed."""
     methods = tuple(methods)
     _check_methods(methods)
     test = exp.test_set(dataset=dataset)
     path = shared_dir(exp) / f"probs_{dataset}.pt"
     cache = torch.load(path, weights_only=False) if path.exists() else {}
     specs = method_specs(exp, dataset)
-    mc = exp.profile.mc_samples
+    mc, batch = exp.profile.mc_samples, exp.profile.eval_batch
     changed = False
     for m in methods:
+        # The label sum tells apart two test sets of equal size (another copy of the data);
+        # MC dropout's masks depend on the batch layout too.
         key = dict(specs=[s.key for s in specs[m]], n=len(test), labels=test.labels.sum().item(),
-                   mc=mc if m == "wrn-dropout" else None, seed=exp.seed)
+                   mc=(mc, batch) if m == "wrn-dropout" else None, seed=exp.seed)
         if m in cache and cache[m]["key"] == key:
             continue
         models = [model for model, _ in ensemble_models(exp, dataset, [m])[m]]
-        cache[m] = dict(key=key, probs=_member_probs(m, models, test.images, dataset, mc, exp.seed))
+        cache[m] = dict(key=key, probs=_member_probs(m, models, test.images, dataset, mc, batch, exp.seed))
         changed = True
     if changed:
         atomic_save(cache, path)
     return {m: cache[m]["probs"] for m in methods}, test.labels
 
 
+def ood_set(exp, name: str, n: int) -> tuple[D.Split | None, str | None]:
+    """(split, name) of the out-of-distribution test set: `name` (n images), else the local
+    Fashion-MNIST stand-in, else (None, None). Every substitution is recorded by exp.note."""
+    try:
+        return evaluate.load_ood(name, exp.data_dir, n=n, seed=exp.seed), name
+    except D.DataMissing as e:
+        reason = str(e)
+    if name != OOD_FALLBACK:
+        try:
+            split = evaluate.load_ood(OOD_FALLBACK, exp.data_dir, n=n, seed=exp.seed)
+        except D.DataMissing as e:
+            reason += f"; the stand-in {OOD_FALLBACK} is missing too ({e})"
+        else:
+            exp.note(f"OOD set: {DATASET_NAMES.get(name, name)} could not be loaded ({reason}). "
+                     f"{DATASET_NAMES[OOD_FALLBACK]} is used instead, so OOD AUCs are not comparable "
+                     f"in absolute value with the paper's (which used SVHN).")
+            return split, OOD_FALLBACK
+    exp.note(f"OOD set: {DATASET_NAMES.get(name, name)} could not be loaded ({reason}); "
+             f"the OOD part of Table 3 is skipped.")
+    return None, None
+
+
 def _member_probs(method: str, models: list[WiredNet], images: torch.Tensor, norm: str,
-                  mc_samples: int, seed: int) -> torch.Tensor:
+                  mc_samples: int, batch: int, seed: int) -> torch.Tensor:
     if method == "wrn-dropout":
-        return evaluate.mc_dropout_probs(models[0], images, norm, mc_samples, seed=seed)
+        return evaluate.mc_dropout_probs(models[0], images, norm, mc_samples, batch=batch, seed=seed)
     if method == "nsa-id":
-        return evaluate.member_probs(models[0], images, norm, archs=torch.arange(models[0].num_archs))
+        return evaluate.member_probs(models[0], images, norm, archs=torch.arange(models[0].num_archs),
+                                     batch=batch)
     # fixed wirings ("wrn", each individual): one deterministic pass each
-    return torch.stack([evaluate.predict(m, images, norm).softmax(1) for m in models])
+    return torch.stack([evaluate.predict(m, images, norm, batch=batch).softmax(1) for m in models])
 
 
 def predictions(method: str, member_probs: torch.Tensor) -> list[torch.Tensor]:
