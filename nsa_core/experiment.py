@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as D
 from .models import ModelSpec

@@ -1,0 +1,239 @@
+"""`make reproduce`: run the notebooks headless with papermill, then write REPORT.md.
+
+Each notebook runs from notebooks/ with parameters PROFILE, DATA_DIR, RESULTS_DIR (and
+OVERRIDES for --set values); its executed copy, outputs and all, goes to
+results/<profile>/executed/. Cell output streams to stderr; stdout gets only the report's
+path. The first failing notebook stops the run with one line naming the notebook, the cell
+and the error; its partial executed copy stays for inspection.
+REPORT.md gathers every notebook's claims.json (see experiment.py) into one document.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+
+from .experiment import CLAIM_FIELDS, HOLDS, FAILS, NOT_COMPARABLE, repo_root, results_root
+from .profiles import get_profile
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def select_notebooks(numbers: list[str] | None) -> list[Path]:
+    """The notebooks NN_*.ipynb to run, in order: all of them, or those numbered in `numbers`
+    ('01', '1' or the full stem '01_bn_disparity')."""
+    found = sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    if not numbers:
+        return found
+    by_number = {nb.name[:2]: nb for nb in found}
+    picked = []
+    for item in numbers:
+        key = item.split("_", 1)[0]
+        key = f"{int(key):02d}" if key.isdigit() else key
+        if key not in by_number:
+            raise KeyError(f"no notebook numbered {item!r}; choose from {', '.join(sorted(by_number))}")
+        if by_number[key] not in picked:
+            picked.append(by_number[key])
+    return sorted(picked)
+
+
+def kernel_name() -> str:
+    """The kernelspec that runs this interpreter: 'nsa' (installed by `make env`) when it
+    points here, else 'python3', whose 'python' jupyter_client replaces by sys.executable."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    for name in ("nsa", "python3"):
+        try:
+            argv0 = ksm.get_kernel_spec(name).argv[0]
+        except NoSuchKernel:
+            continue
+        if argv0 in ("python", "python3") or os.path.abspath(argv0) == os.path.abspath(sys.executable):
+            return name
+    raise KeyError("no Jupyter kernel runs this Python; install one with "
+                   f"`{sys.executable} -m ipykernel install --user --name nsa`")
+
+
+def _declares(nb: Path, name: str) -> bool:
+    """Whether the notebook's `parameters` cell assigns `name`."""
+    cells = json.loads(nb.read_text())["cells"]
+    return any("parameters" in c.get("metadata", {}).get("tags", []) and
+               any(line.lstrip().startswith(f"{name} ") or line.lstrip().startswith(f"{name}=")
+                   for line in "".join(c["source"]).splitlines())
+               for c in cells)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user should read it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[str] | None = None,
+              report: bool = True, sets: dict[str, Any] | None = None) -> int:
+    """Run the notebooks of `profile`; returns the exit code (0 ok, 1 a notebook failed,
+    2 a usage error caught before anything ran)."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    def usage(msg: str) -> int:
+        print(f"nsa: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        prof = get_profile(profile, sets)          # unknown profile or --set key: fail now
+        selected = select_notebooks(notebooks)
+        kernel = kernel_name()
+    except KeyError as e:
+        return usage(e.args[0])
+    if not selected:
+        return usage(f"no notebooks found in {notebooks_dir()}")
+    if data_dir is not None:
+        data = Path(data_dir).expanduser().absolute()
+        if not data.is_dir():
+            return usage(f"data folder {data} does not exist; pass an existing --data-dir "
+                         "(or leave it out for $NSA_DATA_DIR, else ./data)")
+        data_dir = str(data)
+    if sets:
+        blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]
+        if blind:
+            return usage(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
+
+    results = results_root()
+    executed = results / prof.name / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=str(results))
+    if sets:
+        params["OVERRIDES"] = dict(sets)
+    timings: dict[str, float] = {}
+    # Kernels inherit the environment. Training bars redraw at most every 2 s, else the
+    # executed copies of a long run carry megabytes of progress updates.
+    os.environ.setdefault("TQDM_MININTERVAL", "2")
+    for i, nb in enumerate(selected, 1):
+        out = executed / nb.name
+        print(f"nsa: [{i}/{len(selected)}] {nb.stem} ({prof.name}) -> {_shown(out)}", file=sys.stderr)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
+                                cwd=str(nb.parent), progress_bar=True,
+                                stdout_file=sys.stderr, stderr_file=sys.stderr)
+        except pm.PapermillExecutionError as e:
+            evalue = " ".join(str(e.evalue).split())
+            print(f"nsa: notebook {nb.stem} failed in cell {e.exec_count}: {e.ename}: {evalue} "
+                  f"(partial output: {_shown(out)})", file=sys.stderr)
+            return 1
+        except DeadKernelError:
+            print(f"nsa: notebook {nb.stem} failed: its kernel died (out of memory?) "
+                  f"(partial output: {_shown(out)})", file=sys.stderr)
+            return 1
+        timings[nb.stem] = time.time() - t0
+    _save_timings(results / prof.name, timings)
+    if report:
+        path = write_report(prof.name, results, timings)
+        print(_shown(path))
+    return 0
+
+
+# ---------------------------------------------------------------------------- report
+
+def _save_timings(folder: Path, timings: dict[str, float]) -> None:
+    """timings.json holds the latest wall time of every notebook, for reports written later."""
+    path = folder / "timings.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known.update({k: round(v, 1) for k, v in timings.items()})
+    path.write_text(json.dumps(known, indent=2, sort_keys=True))
+
+
+def _hardware() -> list[str]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return [f"CPU: {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)",
+            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}"]
+
+
+def _cell(value: Any) -> str:
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, float] | None = None) -> Path:
+    """Write <results_dir>/<profile>/REPORT.md and claims.csv from the notebooks' claims.json.
+    `timings` (notebook -> seconds) defaults to the ones saved by the last runs."""
+    folder = Path(results_dir) / profile_name
+    if timings is None:
+        path = folder / "timings.json"
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/claims.json"))]
+
+    rows = [{"notebook": r["notebook"], **{k: c[k] for k in CLAIM_FIELDS}} for r in records for c in r["claims"]]
+    claims = pd.DataFrame(rows, columns=["notebook", *CLAIM_FIELDS])
+    claims.to_csv(folder / "claims.csv", index=False)
+
+    settings = records[0]["settings"] if records else get_profile(profile_name).as_dict()
+    differing = sorted({r["notebook"] for r in records if r["settings"] != settings})
+    counts = claims.verdict.value_counts()
+
+    md = [f"# NSA replication report: profile `{profile_name}`", "",
+          f"Written {time.strftime('%Y-%m-%d %H:%M')}. Paper: *Understanding and Exploring the Network "
+          "with Stochastic Architectures* (NeurIPS 2020).", "",
+          f"**{len(claims)} claims tested: {counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} do not hold, "
+          f"{counts.get(NOT_COMPARABLE, 0)} not comparable at this profile.**", "",
+          "## Hardware", "", *[f"- {line}" for line in _hardware()], "",
+          "## Wall time", ""]
+    if timings:
+        md += _table([[nb, _minutes(s)] for nb, s in sorted(timings.items())] +
+                     [["**total**", f"**{_minutes(sum(timings.values()))}**"]], ["notebook", "wall time"])
+    else:
+        md.append("No timings recorded (the notebooks were not run by `make reproduce`).")
+    md += ["", "## Profile settings", ""]
+    md += _table([[k, v] for k, v in settings.items()], ["setting", "value"])
+    if differing:
+        md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
+               "(an earlier run with other --set values); rerun them to make the report consistent."]
+    md += ["", "## Claims", "",
+           f"Verdicts: *{HOLDS}*, *{FAILS}*, or *{NOT_COMPARABLE}* (absolute numbers from a profile far "
+           "smaller than the paper's). The rule says how the reproduced numbers were judged.", ""]
+    md += _table(claims.values.tolist(), list(claims.columns))
+    notes = [(r["notebook"], n) for r in records for n in r["notes"]]
+    md += ["", "## Notes", ""]
+    md += [f"- {nb}: {n}" for nb, n in notes] or ["None."]
+    md += ["", "## Figures", ""]
+    for r in records:
+        if r["figures"]:
+            md += [f"### {r['notebook']}", ""]
+            md += [f"![{Path(f).stem}]({quote(f)})" for f in r["figures"]] + [""]
+    md += ["## Notebooks", ""]
+    md += [f"- [{r['notebook']}](executed/{r['notebook']}.ipynb) (finished {r['finished']}; tables: "
+           + (", ".join(f"[{Path(t).name}]({quote(t)})" for t in r["tables"]) or "none") + ")" for r in records]
+    path = folder / "REPORT.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
