@@ -12,7 +12,6 @@ import seaborn as sns
 import torch
 
 from . import evaluate
-from .applications import shared_dir
 
 CURVES = (("loss", "train_loss", "test_loss"), ("accuracy", "train_acc", "test_acc"))
 
@@ -28,7 +27,7 @@ def seen_scores(exp, kind: str, space: int, bn: str, n: int | None = None) -> pd
     test = exp.test_set()
     batch = p.batch_size if bn == "train" else p.eval_batch
     spec = exp.spec(kind, space=space)
-    path = shared_dir(exp) / (f"scores_{spec.key}_{bn}_n{n}_t{len(test)}-{int(test.labels.sum())}"
+    path = exp.shared_dir / (f"scores_{spec.key}_{bn}_n{n}_t{len(test)}-{int(test.labels.sum())}"
                               f"_b{batch}.csv")
     if path.exists():
         return pd.read_csv(path)

@@ -1,5 +1,4 @@
-"""Shared steps of the paper's Sec. 5 notebooks (05 ensemble, 06 calibration, 07 uncertainty),
-and `at_paper_scale`, which tells every notebook whether absolute numbers are comparable.
+"""Shared steps of the paper's Sec. 5 notebooks (05 ensemble, 06 calibration, 07 uncertainty).
 
 Table 2 compares four methods on one test set. Each is kept as *member* probabilities
 [T, N, C], so every notebook derives what it needs from the same numbers:
@@ -23,7 +22,7 @@ from . import data as D
 from . import evaluate, metrics
 from .models import ModelSpec, build
 from .network import WiredNet, count_params
-from .profiles import PROFILES, Profile
+from .profiles import PROFILES, Profile, at_paper_scale
 from .train import atomic_save
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN",
@@ -41,13 +40,6 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
     "cifar100": {"wrn": (39.5e6, 16.75, 0.0672), "wrn-dropout": (39.5e6, 17.16, 0.0454),
                  "single": (39.5e6, 17.02, 0.0446), "nsa-id": (39.6e6, 16.44, 0.0212)},
 }
-
-
-def at_paper_scale(profile: Profile) -> bool:
-    """Whether `profile` trains and evaluates exactly as the paper does, so that absolute
-    numbers (not only orderings) can be compared with the paper's tables."""
-    ours, paper = profile.as_dict(), PROFILES["paper"].as_dict()
-    return all(ours[k] == paper[k] for k in paper if k not in ("name", "eval_batch", "log_every"))
 
 
 def settings(profile: Profile, keys: Iterable[str]) -> pd.DataFrame:
@@ -102,13 +94,6 @@ def ensemble_models(exp, dataset: str, methods: Iterable[str] = METHODS
     return out
 
 
-def shared_dir(exp) -> Path:
-    """results/<profile>/_shared: what several notebooks of one profile reuse."""
-    folder = Path(exp.out).parent / "_shared"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({method: member probabilities [T, N, C]}, labels [N]) on the evaluation subset of
@@ -118,7 +103,7 @@ def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
     methods = tuple(methods)
     _check_methods(methods)
     test = exp.test_set(dataset=dataset)
-    path = shared_dir(exp) / f"probs_{dataset}.pt"
+    path = exp.shared_dir / f"probs_{dataset}.pt"
     cache = torch.load(path, weights_only=False) if path.exists() else {}
     specs = method_specs(exp, dataset)
     mc, batch = exp.profile.mc_samples, exp.profile.eval_batch

@@ -94,6 +94,13 @@ class Experiment:
         return get_or_train(self.spec(kind, **overrides), self.models_dir, self.data_dir, self.device,
                             progress=True)
 
+    @property
+    def shared_dir(self) -> Path:
+        """results/<profile>/_shared: what several notebooks of one profile reuse."""
+        folder = Path(self.out).parent / "_shared"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def test_set(self, dataset: str | None = None, n: int | None = None) -> D.Split:
         """The evaluation subset of `dataset` (default: the profile's), first `n` images of the
         fixed shuffled order (default: profile.test_size): the images training logged."""

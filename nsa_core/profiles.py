@@ -108,6 +108,13 @@ def get_profile(name: str | None = None, overrides: dict[str, Any] | None = None
     return PROFILES[name].with_overrides(overrides)
 
 
+def at_paper_scale(profile: Profile) -> bool:
+    """Whether `profile` trains and evaluates exactly as the paper does, so that absolute
+    numbers (not only orderings) can be compared with the paper's tables."""
+    ours, paper = profile.as_dict(), PROFILES["paper"].as_dict()
+    return all(ours[k] == paper[k] for k in paper if k not in ("name", "eval_batch", "log_every"))
+
+
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """['epochs=4', 'width=0.5'] -> {'epochs': '4', 'width': '0.5'} (typed later by the profile)."""
     out = {}

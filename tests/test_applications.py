@@ -7,7 +7,7 @@ import torch
 from nsa_core import applications as app
 from nsa_core import data as D
 from nsa_core import metrics
-from nsa_core.profiles import get_profile
+from nsa_core.profiles import at_paper_scale, get_profile
 
 
 def _probs(T: int, N: int = 40, C: int = 4, seed: int = 0) -> torch.Tensor:
@@ -29,10 +29,10 @@ def test_scores_average_individuals_but_ensemble_the_others():
 
 
 def test_paper_scale_only_for_the_paper_settings():
-    assert app.at_paper_scale(get_profile("paper"))
-    assert app.at_paper_scale(get_profile("paper", {"eval_batch": 100}))   # speed knob only
-    assert not app.at_paper_scale(get_profile("paper", {"epochs": 4}))
-    assert not app.at_paper_scale(get_profile("tiny"))
+    assert at_paper_scale(get_profile("paper"))
+    assert at_paper_scale(get_profile("paper", {"eval_batch": 100}))   # speed knob only
+    assert not at_paper_scale(get_profile("paper", {"epochs": 4}))
+    assert not at_paper_scale(get_profile("tiny"))
 
 
 def test_unknown_method_is_a_clear_error():
