@@ -141,6 +141,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
     _save_timings(results / prof.name, timings)
     if report:
         path = write_report(prof.name, results, timings)
+        update_readme(prof.name, results)
         print(_shown(path))
     return 0
 
@@ -237,3 +238,28 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     path = folder / "REPORT.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def update_readme(profile_name: str, results_dir: str | Path, readme: Path | None = None) -> bool:
+    """Replace the README block between `<!-- claims:PROFILE:start -->` and
+    `<!-- claims:PROFILE:end -->` with this profile's claims table and wall time, so the
+    README shows the committed run's numbers, generated rather than copied by hand.
+    Returns whether the README has such a block."""
+    readme = readme or repo_root() / "README.md"
+    start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
+    text = readme.read_text() if readme.is_file() else ""
+    if start not in text or end not in text:
+        return False
+    folder = Path(results_dir) / profile_name
+    claims = pd.read_csv(folder / "claims.csv")
+    timings_path = folder / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    block = [start, "",
+             f"Generated from [results/{profile_name}/REPORT.md](results/{profile_name}/REPORT.md) "
+             f"(total wall time {_minutes(sum(timings.values()))}; hardware and settings there).", ""]
+    block += _table(claims[["notebook", "statement", "paper", "reproduced", "verdict"]].values.tolist(),
+                    ["notebook", "statement", "paper", "reproduced", "verdict"])
+    block += ["", end]
+    head, rest = text.split(start, 1)
+    readme.write_text(head + "\n".join(block) + rest.split(end, 1)[1])
+    return True

@@ -98,3 +98,20 @@ def test_select_notebooks_by_number():
     assert select_notebooks([first, str(int(first)), every[0].stem]) == [every[0]]
     with pytest.raises(KeyError, match="no notebook numbered '99'"):
         select_notebooks(["99"])
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    from nsa_core.reproduce import update_readme
+
+    folder = tmp_path / "results" / "tiny"
+    folder.mkdir(parents=True)
+    pd.DataFrame([{"notebook": "01_x", "statement": "s | pipe", "paper": "0.3", "reproduced": "0.4",
+                   "verdict": "holds", "rule": "r"}]).to_csv(folder / "claims.csv", index=False)
+    (folder / "timings.json").write_text('{"01_x": 120}')
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- claims:tiny:start -->\nOLD-BLOCK\n<!-- claims:tiny:end -->\noutro\n")
+    assert update_readme("tiny", tmp_path / "results", readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "OLD-BLOCK" not in text
+    assert "| 01_x | s \\| pipe | 0.3 | 0.4 | holds |" in text and "2.0 min" in text
+    assert not update_readme("smoke", tmp_path / "results", readme)   # no block for smoke
