@@ -141,7 +141,8 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
     _save_timings(results / prof.name, timings)
     if report:
         path = write_report(prof.name, results, timings)
-        update_readme(prof.name, results)
+        if results.resolve() == (repo_root() / "results").resolve():   # not for scratch result folders
+            update_readme(prof.name, results)
         print(_shown(path))
     return 0
 
