@@ -31,8 +31,10 @@ notebook: env
 	@test -n "$(NB)" || { echo "make notebook: set NB, e.g. make notebook NB=03" >&2; exit 2; }
 	$(PY) -m nsa_core reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --notebooks $(NB) --no-report
 
+# One thread unless told otherwise: on a shared machine, OpenMP threads that wait for a busy
+# core make every step several times slower (measured 5x here) and the medians meaningless.
 bench: env
-	$(PY) -m nsa_core bench
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m nsa_core bench
 
 clean:
 	rm -rf results/smoke results/models
