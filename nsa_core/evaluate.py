@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import data as D
 from . import metrics
 from .attacks import PGD, pgd_attack
-from .network import WiredNet, bn_mode, mc_dropout
+from .network import WiredNet, bn_mode, frozen, mc_dropout
 from .train import draw_archs
 
 OOD_SYNTHETIC = "synthetic-ood"
@@ -361,7 +361,8 @@ def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, n
     for s in range(0, n, chunk):
         x = D.to_unit(images[s:s + chunk].to(dev))
         y = labels[s:s + chunk].to(dev)
-        x_adv = pgd_attack(predict_probs, x, y, attack, gen)
+        with frozen(model):
+            x_adv = pgd_attack(predict_probs, x, y, attack, gen)
         with torch.no_grad():
             clean.append(members(x).cpu())
             adv.append(members(x_adv).cpu())

@@ -389,15 +389,22 @@ def _reference_forward(model: WiredNet, x: torch.Tensor, arch: torch.Tensor) -> 
     return model.fc(F.adaptive_avg_pool2d(F.relu(h), 1).flatten(1))
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(cond_bn=True, cond_agg=True)], ids=["nsa-i", "nsa-id"])
+@pytest.mark.parametrize("cfg", [dict(), dict(cond_bn=True, cond_agg=True), "fixed"],
+                         ids=["nsa-i", "nsa-id", "fixed"])
 def test_stage_backward_equals_autograd_reference(cfg):
     """Loss and every gradient (weights, BN affine, per-architecture coefficients and BN
     weights, the input) of the hand-written stage backward equal plain autograd through
-    the obvious implementation, in float64, with BN in training mode and a mixed batch."""
-    model, _ = _net(S=5, **cfg)
+    the obvious implementation, in float64, with BN in training mode and a mixed batch
+    (the fixed residual wiring: rows and columns that skip the gather)."""
+    if cfg == "fixed":
+        model = WiredNet(np.stack([sp.residual_wiring(NODES)] * 3), NetConfig(width=0.5, nodes=NODES)).double()
+        _randomise(model, torch.Generator().manual_seed(3))
+        arch = torch.zeros(B, dtype=torch.long)
+    else:
+        model, _ = _net(S=5, **cfg)
+        arch = torch.tensor(ARCH)
     ref = copy.deepcopy(model)
     model.train(), ref.train()
-    arch = torch.tensor(ARCH)
     y = torch.arange(B) % 10
     xs = [_x().requires_grad_() for _ in range(2)]
     F.cross_entropy(model(xs[0], arch), y).backward()
@@ -409,3 +416,15 @@ def test_stage_backward_equals_autograd_reference(cfg):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9, msg=name)
     for (name, b), c in zip(model.named_buffers(), ref.buffers()):   # BN ran once per node
         torch.testing.assert_close(b.double(), c.double(), rtol=1e-9, atol=1e-9, msg=name)
+    # torch.autograd.grad sees through a stage too: the parameters are inputs of its function
+    reference = {name: p.grad for name, p in ref.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.eval(), ref.eval()   # BN by running statistics: a second forward sees the same ones
+    names = list(reference)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(model(xs[0], arch), y), [params[n] for n in names])
+    ref.zero_grad(set_to_none=True)
+    F.cross_entropy(_reference_forward(ref, xs[1], arch), y).backward()
+    assert all(p.grad is None for p in model.parameters())
+    for name, g in zip(names, grads):
+        torch.testing.assert_close(g, dict(ref.named_parameters())[name].grad, rtol=1e-9, atol=1e-9, msg=name)
