@@ -15,6 +15,8 @@ batch 128, 10 classes, no auxiliary head:
   peak resident set size (Linux VmHWM) over its first step, i.e. activations, gradients,
   optimiser state and allocator slack. Torch's CPU allocator keeps no statistics and
   tracemalloc does not see its allocations, so RSS is the honest measure here;
+  (importing nsa_core makes glibc keep freed memory, see nsa_core/__init__.py, so a step
+  does not page-fault its buffers in again; the benchmark runs with that, as training does);
 - torch.profiler's table of one NSA-i step: what limits it.
 Results go to results/bench/cpu.csv (variant, metric, value, ratio, target, met).
 
@@ -109,18 +111,18 @@ def round_robin(steps: dict[str, Step], x: torch.Tensor, y: torch.Tensor, rounds
     return wall, cpu
 
 
-def ensemble_times(model: torch.nn.Module, reps: int) -> tuple[dict[str, float], float]:
-    """Median seconds, interleaved, of T members on BATCH images (`evaluate.member_probs`):
-    'batched', one forward of T x BATCH with per-example architecture indices; 'separate', T
-    single-architecture forwards of BATCH; 'one_arch', one forward of T x BATCH images of one
+def ensemble_times(model: torch.nn.Module, reps: int, batch: int = BATCH) -> tuple[dict[str, float], float]:
+    """Median seconds, interleaved, of T members on `batch` images (`evaluate.member_probs`):
+    'batched', one forward of T x batch with per-example architecture indices; 'separate', T
+    single-architecture forwards of batch; 'one_arch', one forward of T x batch images of one
     architecture, which tells the cost of the larger batch from that of mixing architectures.
     Also the largest difference between batched and separate probabilities (BN in test mode:
     they must agree)."""
     from .evaluate import member_probs  # evaluation pulls in metrics and attacks; only needed here
-    images = torch.randint(0, 256, (BATCH, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     archs = torch.randperm(model.num_archs, generator=torch.Generator().manual_seed(2))[:T]
-    runs = {"batched": (images, archs, T * BATCH), "separate": (images, archs, BATCH),
-            "one_arch": (images.repeat(T, 1, 1, 1), archs[:1], T * BATCH)}
+    runs = {"batched": (images, archs, T * batch), "separate": (images, archs, batch),
+            "one_arch": (images.repeat(T, 1, 1, 1), archs[:1], T * batch)}
     times: dict[str, list[float]] = {k: [] for k in runs}
     probs = {}
     for r in range(reps + 1):  # the first round warms up

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="CPU benchmark of the NSA variants (make bench)",
                        description="Training throughput, batched-ensemble time and peak memory, side by side.")
-    b.add_argument("--steps", type=int, default=8, help="timed steps per variant (median reported)")
+    b.add_argument("--steps", type=int, default=16, help="timed steps per variant (median reported)")
     b.add_argument("--out", default="results/bench/cpu.csv", help="CSV output")
     b.set_defaults(func=cmd_bench)
 

@@ -38,8 +38,9 @@ def default_device() -> torch.device:
 
 
 def compile_nodes(model: WiredNet, device: torch.device) -> WiredNet:
-    """torch.compile every operation node (ReLU, conv, BN) in place when $NSA_COMPILE is 1
-    (default: 1 on CUDA, 0 on CPU, where the first steps would wait minutes for the compiler).
+    """torch.compile every operation node (conv, dropout, BN) in place when $NSA_COMPILE is 1
+    (default: 1 on CUDA, 0 on CPU, where each model first waits about 25 s for the compiler
+    and NSA-id gains about 12 %, a fixed network 2 %; measured at width 1 on 2 cores).
     Only the nodes: which inputs a node aggregates is a host-side choice per batch, a Python
     branch that would recompile a whole-model graph. Shapes start static; a new batch size
     (evaluation) recompiles once with a dynamic batch dimension instead of once per size."""
