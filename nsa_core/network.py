@@ -89,6 +89,9 @@ class _Gather:
         # Transposed, slot k's lone reader is row k, whose coefficient is 1 if k is unit too.
         rows = wiring.sum(-1).T if transpose else counts
         self.unit = means & (counts == 1).all(1) & (rows == 1).all(1)
+        # direct[k]: slot k is read by unit row k alone, so it need not be copied into the
+        # buffer at all (the residual wiring's odd slots): row k takes the tensor as it is.
+        self.direct = self.unit & (wiring.sum(1) == 1).all(0) if not transpose else None
         offsets = np.concatenate([np.zeros((len(w), 1), np.int64), np.cumsum(counts, 1)[:, :-1]], 1)
         self.starts = np.concatenate([[0], np.cumsum(counts.sum(1))])
         dev = coef.device
@@ -115,8 +118,11 @@ class _Gather:
         return _Gather(self.wiring, self.coef, self.means, transpose=True)
 
 
-def _relu_input(buf: torch.Tensor, gather: _Gather, j: int) -> torch.Tensor:
-    """ReLU of node j's aggregate, a fresh tensor: the buffer slots stay as they are."""
+def _relu_input(buf: torch.Tensor, gather: _Gather, j: int, held: torch.Tensor | None) -> torch.Tensor:
+    """ReLU of node j's aggregate, a fresh tensor: the buffer slots stay as they are. `held`
+    is slot j's tensor when it was not copied into the buffer (gather.direct[j])."""
+    if gather.direct[j]:
+        return F.relu(held)
     if gather.unit[j]:
         return F.relu(_nchw(buf[j]))
     return F.relu_(_aggregate(buf.view(-1, buf[0, 0].numel()), gather, j, buf.shape[1:]))
@@ -152,18 +158,32 @@ class Stage(nn.Module):
         params = [p for node in self.nodes for p in node.parameters()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gather.values_all, *params)):
             return _WiredStage.apply(x, gather.values_all, gather, self, arch, *params)
-        buf, shape = _buffer(x, len(self.nodes))
-        flat = buf.view(-1, buf[0, 0].numel())
+        buf, shape = _buffer(x, gather)
+        held = x
         for j, node in enumerate(self.nodes):
-            buf[j + 1].copy_(_nhwc(node(_relu_input(buf, gather, j), arch)))
-        return _aggregate(flat, gather, len(self.nodes), shape)
+            held = _store(buf, gather, j + 1, node(_relu_input(buf, gather, j, held), arch))
+        return _output(buf, gather, held, shape)
 
 
-def _buffer(x: torch.Tensor, nodes: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _buffer(x: torch.Tensor, gather: _Gather) -> tuple[torch.Tensor, tuple[int, ...]]:
     B, C, H, W = x.shape
-    buf = x.new_empty(nodes + 1, B, H, W, C)
-    buf[0].copy_(_nhwc(x))
+    buf = x.new_empty(len(gather.unit), B, H, W, C)
+    _store(buf, gather, 0, x)
     return buf, (B, H, W, C)
+
+
+def _store(buf: torch.Tensor, gather: _Gather, k: int, y: torch.Tensor) -> torch.Tensor:
+    """Put slot k's tensor in the buffer unless only its own unit row reads it; returns it."""
+    if not gather.direct[k]:
+        buf[k].copy_(_nhwc(y))
+    return y
+
+
+def _output(buf: torch.Tensor, gather: _Gather, held: torch.Tensor, shape) -> torch.Tensor:
+    n = len(buf) - 1
+    if gather.direct[n]:     # the last node's output alone, e.g. the plain chain
+        return held
+    return _aggregate(buf.view(-1, buf[0, 0].numel()), gather, n, shape)
 
 
 class _WiredStage(torch.autograd.Function):
@@ -182,17 +202,17 @@ class _WiredStage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, gather, stage, arch, *params):
-        buf, shape = _buffer(x, len(stage.nodes))
-        flat = buf.view(-1, buf[0, 0].numel())
+        buf, shape = _buffer(x, gather)
+        held = x
         leaves, edges = [], []
         for j, node in enumerate(stage.nodes):
-            r = _relu_input(buf, gather, j).requires_grad_()
+            r = _relu_input(buf, gather, j, held).requires_grad_()
             with torch.enable_grad():
                 y = node(r, arch)
-            buf[j + 1].copy_(_nhwc(y.detach()))
+            held = _store(buf, gather, j + 1, y.detach())
             leaves.append(r)
             edges.append(torch.autograd.graph.get_gradient_edge(y))
-        out = _aggregate(flat, gather, len(stage.nodes), shape)
+        out = _output(buf, gather, held, shape)
         ctx.leaves, ctx.edges, ctx.gather, ctx.shape = leaves, edges, gather, shape
         ctx.params, ctx.owned, first = params, [], 0   # owned[j]: indices of node j's parameters
         for node in stage.nodes:

@@ -389,15 +389,16 @@ def _reference_forward(model: WiredNet, x: torch.Tensor, arch: torch.Tensor) -> 
     return model.fc(F.adaptive_avg_pool2d(F.relu(h), 1).flatten(1))
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(cond_bn=True, cond_agg=True), "fixed"],
-                         ids=["nsa-i", "nsa-id", "fixed"])
+@pytest.mark.parametrize("cfg", [dict(), dict(cond_bn=True, cond_agg=True), "residual", "chain"],
+                         ids=["nsa-i", "nsa-id", "residual", "chain"])
 def test_stage_backward_equals_autograd_reference(cfg):
     """Loss and every gradient (weights, BN affine, per-architecture coefficients and BN
     weights, the input) of the hand-written stage backward equal plain autograd through
     the obvious implementation, in float64, with BN in training mode and a mixed batch
-    (the fixed residual wiring: rows and columns that skip the gather)."""
-    if cfg == "fixed":
-        model = WiredNet(np.stack([sp.residual_wiring(NODES)] * 3), NetConfig(width=0.5, nodes=NODES)).double()
+    (fixed wirings: rows and columns that skip the gather, slots kept out of the buffer)."""
+    if cfg in ("residual", "chain"):
+        wiring = sp.residual_wiring(NODES) if cfg == "residual" else sp.chain_wiring(NODES)
+        model = WiredNet(np.stack([wiring] * 3), NetConfig(width=0.5, nodes=NODES)).double()
         _randomise(model, torch.Generator().manual_seed(3))
         arch = torch.zeros(B, dtype=torch.long)
     else:
