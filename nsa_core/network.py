@@ -82,7 +82,7 @@ class _Gather:
     def __init__(self, wiring: np.ndarray, coef: torch.Tensor, means: bool, transpose: bool = False):
         B = len(wiring)
         w = wiring.transpose(2, 0, 1) if transpose else wiring.transpose(1, 0, 2)  # [out, b, in]
-        out, b, inp = (np.ascontiguousarray(v) for v in np.nonzero(w))  # nonzero gives strided views
+        out, b, inp = np.nonzero(w)
         counts = w.sum(-1)                                                     # [out, B]
         # unit[j]: every example's aggregate j is its slot j alone with coefficient 1 (plain
         # means, a lone input), so the slot can be read as it is, without a gather pass.
@@ -94,10 +94,14 @@ class _Gather:
         self.direct = self.unit & (wiring.sum(1) == 1).all(0) if not transpose else None
         offsets = np.concatenate([np.zeros((len(w), 1), np.int64), np.cumsum(counts, 1)[:, :-1]], 1)
         self.starts = np.concatenate([[0], np.cumsum(counts.sum(1))])
-        dev = coef.device
-        self._index = torch.from_numpy(inp * B + b).to(dev, non_blocking=True)
-        self._offsets = torch.from_numpy(offsets).to(dev, non_blocking=True)
-        bt, ot, it = (torch.from_numpy(v).to(dev, non_blocking=True) for v in (b, out, inp))
+        # one host-to-device copy for all five index lists (pinned on CUDA: no stream sync)
+        packed = torch.from_numpy(np.concatenate([inp * B + b, offsets.ravel(), b, out, inp]))
+        if coef.device.type == "cuda":
+            packed = packed.pin_memory()
+        packed = packed.to(coef.device, non_blocking=True)
+        nnz = len(b)
+        self._index, self._offsets, bt, ot, it = packed.split([nnz, offsets.size, nnz, nnz, nnz])
+        self._offsets = self._offsets.view(offsets.shape)
         self.values_all = coef[bt, it, ot] if transpose else coef[bt, ot, it]
         self._bag = bt
         self.wiring, self.coef, self.means = wiring, coef, means
