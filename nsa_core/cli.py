@@ -11,7 +11,7 @@ from dataclasses import fields
 
 from . import data as D
 from .models import KINDS, ModelSpec
-from .profiles import PROFILES, _coerce, get_profile, parse_sets
+from .profiles import PROFILES, coerce, get_profile, parse_sets
 
 
 def _spec_from_args(args) -> tuple[ModelSpec, object]:
@@ -32,7 +32,7 @@ def _spec_from_args(args) -> tuple[ModelSpec, object]:
         if spec_types[k].startswith("str") and v.lower() not in ("none", "null"):
             extra[k] = v      # e.g. semi=consistency: a bare word, not a Python literal
         else:
-            extra[k] = _coerce(v, getattr(ModelSpec(kind="nsa"), k), k)
+            extra[k] = coerce(v, getattr(ModelSpec(kind="nsa"), k), k)
     if args.space is not None:
         extra["space"] = args.space
     elif "space" not in extra and KINDS[args.kind][0] != "fixed":

@@ -129,15 +129,17 @@ def _relu_input(buf: torch.Tensor, gather: _Gather, j: int, held: torch.Tensor |
         return F.relu(held)
     if gather.unit[j]:
         return F.relu(_nchw(buf[j]))
-    return F.relu_(_aggregate(buf.view(-1, buf[0, 0].numel()), gather, j, buf.shape[1:]))
+    return F.relu_(_aggregate(buf, gather, j))
 
 
-def _aggregate(flat: torch.Tensor, gather: _Gather, j: int, shape) -> torch.Tensor:
-    """Row j's aggregate: each example's coefficient-weighted sum of the buffer rows its own
-    wiring reads, in one fused gather-multiply-add; [B, C, H, W], channels_last."""
-    a = F.embedding_bag(gather.index(j), flat, gather.offsets(j), mode="sum",
-                        per_sample_weights=gather.values(j).to(flat.dtype))
-    return _nchw(a.view(shape))
+def _aggregate(buf: torch.Tensor, gather: _Gather, j: int) -> torch.Tensor:
+    """Row j's aggregate of buffer `buf` [N+1, B, H, W, C]: each example's coefficient-weighted
+    sum of the rows its own wiring reads, in one fused gather-multiply-add; [B, C, H, W],
+    channels_last."""
+    rows = buf.flatten(0, 1).flatten(1)    # [(N+1)·B, D], a view
+    a = F.embedding_bag(gather.index(j), rows, gather.offsets(j), mode="sum",
+                        per_sample_weights=gather.values(j).to(buf.dtype))
+    return _nchw(a.view(buf.shape[1:]))
 
 
 class Stage(nn.Module):
@@ -162,18 +164,18 @@ class Stage(nn.Module):
         params = [p for node in self.nodes for p in node.parameters()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gather.values_all, *params)):
             return _WiredStage.apply(x, gather.values_all, gather, self, arch, *params)
-        buf, shape = _buffer(x, gather)
+        buf = _buffer(x, gather)
         held = x
         for j, node in enumerate(self.nodes):
             held = _store(buf, gather, j + 1, node(_relu_input(buf, gather, j, held), arch))
-        return _output(buf, gather, held, shape)
+        return _output(buf, gather, held)
 
 
-def _buffer(x: torch.Tensor, gather: _Gather) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _buffer(x: torch.Tensor, gather: _Gather) -> torch.Tensor:
     B, C, H, W = x.shape
     buf = x.new_empty(len(gather.unit), B, H, W, C)
     _store(buf, gather, 0, x)
-    return buf, (B, H, W, C)
+    return buf
 
 
 def _store(buf: torch.Tensor, gather: _Gather, k: int, y: torch.Tensor) -> torch.Tensor:
@@ -183,11 +185,11 @@ def _store(buf: torch.Tensor, gather: _Gather, k: int, y: torch.Tensor) -> torch
     return y
 
 
-def _output(buf: torch.Tensor, gather: _Gather, held: torch.Tensor, shape) -> torch.Tensor:
+def _output(buf: torch.Tensor, gather: _Gather, held: torch.Tensor) -> torch.Tensor:
     n = len(buf) - 1
     if gather.direct[n]:     # the last node's output alone, e.g. the plain chain
         return held
-    return _aggregate(buf.view(-1, buf[0, 0].numel()), gather, n, shape)
+    return _aggregate(buf, gather, n)
 
 
 class _WiredStage(torch.autograd.Function):
@@ -206,7 +208,7 @@ class _WiredStage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, gather, stage, arch, *params):
-        buf, shape = _buffer(x, gather)
+        buf = _buffer(x, gather)
         held = x
         leaves, edges = [], []
         for j, node in enumerate(stage.nodes):
@@ -216,13 +218,10 @@ class _WiredStage(torch.autograd.Function):
             held = _store(buf, gather, j + 1, y.detach())
             leaves.append(r)
             edges.append(torch.autograd.graph.get_gradient_edge(y))
-        out = _output(buf, gather, held, shape)
-        ctx.leaves, ctx.edges, ctx.gather, ctx.shape = leaves, edges, gather, shape
-        ctx.params, ctx.owned, first = params, [], 0   # owned[j]: indices of node j's parameters
-        for node in stage.nodes:
-            n = len(list(node.parameters()))
-            ctx.owned.append(range(first, first + n))
-            first += n
+        out = _output(buf, gather, held)
+        ctx.leaves, ctx.edges, ctx.gather, ctx.shape, ctx.params = leaves, edges, gather, buf.shape, params
+        ends = np.cumsum([len(list(node.parameters())) for node in stage.nodes])
+        ctx.owned = [range(end - n, end) for end, n in zip(ends, np.diff(ends, prepend=0))]  # node j's params
         # the coefficients' gradient reads the outputs again (NSA-id)
         ctx.save_for_backward(buf if ctx.needs_input_grad[1] else None)
         return out
@@ -230,22 +229,20 @@ class _WiredStage(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (buf,) = ctx.saved_tensors
-        flat = None if buf is None else buf.view(-1, buf[0, 0].numel())
         fwd, n1 = ctx.gather, len(ctx.leaves) + 1
         bwd = fwd.transposed()
-        g = grad_out.new_empty(n1, *ctx.shape)          # g[j]: gradient of row j's aggregate
+        g = grad_out.new_empty(ctx.shape)          # g[j]: gradient of row j's aggregate
         g[n1 - 1].copy_(_nhwc(grad_out))
-        gflat = g.view(-1, g[0, 0].numel())
-        gvals = [] if flat is not None else None
+        gvals = [] if buf is not None else None
         gparams: list[torch.Tensor | None] = [None] * len(ctx.params)
         for k in range(n1 - 1, -1, -1):
             if gvals is not None:   # d loss / d coef[b, k, i] = <grad a[k, b], buf[i, b]>, per gathered row
                 gvals.append(torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                    gflat[k * len(g[0]):(k + 1) * len(g[0])], flat, fwd.index(k), fwd.offsets(k), fwd.bag(k), 0))
+                    g[k].flatten(1), buf.flatten(0, 1).flatten(1), fwd.index(k), fwd.offsets(k), fwd.bag(k), 0))
             if k == 0:   # the stage input's gradient
-                gk = _aggregate(gflat, bwd, k, ctx.shape)
+                gk = _aggregate(g, bwd, k)
                 break
-            gk = _nchw(g[k]) if bwd.unit[k] else _aggregate(gflat, bwd, k, ctx.shape)
+            gk = _nchw(g[k]) if bwd.unit[k] else _aggregate(g, bwd, k)
             r = ctx.leaves[k - 1]
             owned = ctx.owned[k - 1]
             wanted = [i for i in owned if ctx.needs_input_grad[5 + i]]

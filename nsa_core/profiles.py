@@ -70,7 +70,7 @@ class Profile:
         for key, value in overrides.items():
             if key not in known or key == "name":
                 raise KeyError(f"unknown profile key {key!r}; known keys: {', '.join(sorted(k for k in known if k != 'name'))}")
-            clean[key] = _coerce(value, getattr(self, key), key)
+            clean[key] = coerce(value, getattr(self, key), key)
         return replace(self, **clean)
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
+def coerce(value: Any, current: Any, key: str) -> Any:
     if not isinstance(value, str):
         return tuple(value) if isinstance(current, tuple) else value
     if isinstance(current, str):
