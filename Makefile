@@ -9,7 +9,7 @@ NB       ?=
 # Pinned to the releases served from local disk on the build machines; pyproject admits ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: env test reproduce notebook bench clean
+.PHONY: env test test-fast reproduce notebook bench clean
 
 env: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: env
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q tests
+
+# The quick loop: everything but the tests marked slow (the notebooks under nbval).
+test-fast: env
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q -m "not slow" tests
 
 reproduce: env
 	$(PY) -m nsa_core reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))

@@ -2,7 +2,7 @@
 
 The attack sees only a function from [0, 1] images to class probabilities. For an ensemble
 that function is the average of the members' softmax, so the gradient flows through the
-averaged prediction and the whole ensemble is attacked at once (SPEC section 5, notebook 07).
+averaged prediction and the whole ensemble is attacked at once (notebook 07).
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def pgd_attack(predict_probs: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     labels `y` under `predict_probs` (images -> probabilities [B, C]).
 
     Starts uniformly in the eps-ball (drawn from `generator`, which must live on x.device)
-    when attack.random_start, then takes `steps` signed-gradient steps, projecting onto the
+    when attack.random_start, not clipped to [0, 1] before the first step, as the authors'
+    attack does; then takes `steps` signed-gradient steps, projecting onto the
     eps-ball around x and onto [0, 1] after each. Returns a detached tensor.
 
     Only the gradient with respect to the input is taken, so parameters' .grad are untouched;
@@ -64,7 +65,7 @@ def pgd_attack(predict_probs: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     x_adv = x.clone()
     if attack.random_start:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = torch.min(torch.max(x + attack.eps * (2 * noise - 1), lo), hi)
+        x_adv = x + attack.eps * (2 * noise - 1)
     for _ in range(attack.steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():  # callers usually evaluate under no_grad

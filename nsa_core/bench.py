@@ -3,7 +3,8 @@
 `python -m nsa_core bench` (`make bench`), on the CPU, side by side at width 1, 8 nodes,
 batch 128, 10 classes, no auxiliary head:
 - training throughput of one full SGD step (forward, cross-entropy, backward, optimiser
-  step) of the fixed residual net (kind 'wrn'), NSA (one architecture per batch, S = 500),
+  step, `step.supervised_step` as the trainer runs it) of a plain residual net without
+  learnable aggregation ('fixed'), NSA (one architecture per batch, S = 500),
   NSA-i (one per example) and NSA-id (per-architecture aggregation and BN, per example), on
   a pre-made normalised random batch so that no data pipeline cost enters. Steps run
   round-robin (A B C D A B C D ...) after a warm-up, so load from other processes hits every
@@ -14,9 +15,9 @@ batch 128, 10 classes, no auxiliary head:
 - the peak memory of one training step: each variant in a fresh process, the growth of its
   peak resident set size (Linux VmHWM) over its first step, i.e. activations, gradients,
   optimiser state and allocator slack. Torch's CPU allocator keeps no statistics and
-  tracemalloc does not see its allocations, so RSS is the honest measure here;
-  (importing nsa_core makes glibc keep freed memory, see nsa_core/__init__.py, so a step
-  does not page-fault its buffers in again; the benchmark runs with that, as training does);
+  tracemalloc does not see its allocations, so RSS is the honest measure here. Like the
+  trainer, the benchmark keeps freed memory in the process (`runtime.keep_freed_memory`);
+  the page faults of a settled NSA-i step with and without that setting are reported too;
 - torch.profiler's table of one NSA-i step: what limits it.
 Results go to results/bench/cpu.csv (variant, metric, value, ratio, target, met).
 
@@ -39,50 +40,51 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from . import data as D
-from .models import ModelSpec, build
-from .train import compile_nodes, draw_archs
+from . import runtime
+from .config import ModelSpec, Recipe
+from .models import architectures as models_architectures, build, draw_archs
+from .network import NetConfig, WiredNet
+from .paper import AUTHORS_CPU_IMG_S as REFERENCE
+from .step import optimizer, supervised_step
 
 WIDTH, NODES, BATCH, CLASSES, SPACE, T = 1.0, 8, 128, 10, 500, 5
-VARIANTS = {"fixed": ("wrn", 1), "nsa": ("nsa", SPACE), "nsa-i": ("nsa-i", SPACE), "nsa-id": ("nsa-id", SPACE)}
-# The authors' public implementation on a CPU of this kind, width 1, batch 128 (img/s, as
-# quoted in the issue that asked for this benchmark)
-REFERENCE = {"fixed": 85.0, "nsa-i": 82.0}
+# "fixed" is a plain residual network (no learnable aggregation): the speed of an ordinary
+# network, which the stochastic ones are measured against.
+VARIANTS = {"fixed": ("fixed", 1), "nsa": ("nsa", SPACE), "nsa-i": ("nsa-i", SPACE), "nsa-id": ("nsa-id", SPACE)}
 TARGET_VS_FIXED, TARGET_VS_REFERENCE, TARGET_ENSEMBLE, TARGET_MEMORY = 0.97, 1.5, 1.1, 1.1
 WARMUP = 2
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def bench_model(kind: str, space: int, width: float = WIDTH, nodes: int = NODES, aux: bool = False) -> tuple[WiredNet, str]:
+    """A fresh network of `kind` ('fixed': the plain residual network) and its sampling rule."""
+    recipe = Recipe(width=width, nodes=nodes, aux_weight=0.1 if aux else 0.0)
+    if kind == "fixed":
+        spec = ModelSpec(kind="wrn", recipe=recipe)
+        return WiredNet(models_architectures(spec), NetConfig(width=width, nodes=nodes, classes=CLASSES, aux=aux)), "fixed"
+    spec = ModelSpec(kind=kind, recipe=recipe, space=space)
+    return build(spec, CLASSES), spec.sampling
+
+
 def trainer(kind: str, space: int, device: torch.device, width: float = WIDTH, nodes: int = NODES,
             aux: bool = False, bf16: bool | None = None, seed: int = 0) -> tuple[torch.nn.Module, Step]:
-    """A model built and prepared as `train.train` does (channels_last, $NSA_COMPILE) and its
-    training step: architectures drawn as the kind samples them, forward under bf16 autocast
-    (default: on CUDA, as in training), cross-entropy (+0.1 x the auxiliary head's),
-    backward, SGD with Nesterov momentum."""
-    spec = ModelSpec(kind=kind, space=space, width=width, nodes=nodes, aux=aux)
+    """A model prepared as the trainer prepares it (channels_last, $NSA_COMPILE) and the
+    trainer's own step (`step.supervised_step`): architectures drawn as the kind samples
+    them, bf16 autocast (default: on CUDA, as in training)."""
     torch.manual_seed(seed)
-    model = build(spec, CLASSES).to(device)
-    model = compile_nodes(model.to(memory_format=torch.channels_last), device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=True,
-                          weight_decay=spec.weight_decay)
+    model, sampling = bench_model(kind, space, width, nodes, aux)
+    model = runtime.compile_nodes(model.to(device).to(memory_format=torch.channels_last), device).train()
+    opt = optimizer(model, Recipe())
     gen = torch.Generator().manual_seed(seed)
     bf16 = device.type == "cuda" if bf16 is None else bf16
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        arch = draw_archs(spec.sampling, model.num_archs, len(x), len(x), gen)
-        with autocast:
-            logits, aux_logits = model(x, arch, with_aux=True)
-            loss = F.cross_entropy(logits.float(), y)
-            if aux_logits is not None:
-                loss = loss + spec.aux_weight * F.cross_entropy(aux_logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        arch = draw_archs(sampling, model.num_archs, len(x), len(x), gen)
+        return supervised_step(model, opt, x, y, arch, 0.1, amp)[0]
 
     return model, step
 
@@ -143,21 +145,30 @@ def _peak_rss_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status: the memory benchmark needs Linux")
 
 
-def memory_child(variant: str) -> None:
-    """Run in a fresh process: print the peak-RSS growth (MiB) over its first training step."""
+def memory_child(variant: str, steps: int = 6) -> None:
+    """Run in a fresh process (with the trainer's memory setting unless NSA_MALLOC=0): print
+    the peak-RSS growth (MiB) over its first training step and the page faults of its last
+    step, once the heap has settled."""
+    import resource
+    runtime.keep_freed_memory()
     kind, space = VARIANTS[variant]
     _, step = trainer(kind, space, torch.device("cpu"))
     x, y = random_batch(BATCH, torch.device("cpu"))
     before = _peak_rss_kib()
     step(x, y)
-    print(json.dumps({"mib": (_peak_rss_kib() - before) / 1024}))
+    mib = (_peak_rss_kib() - before) / 1024
+    for _ in range(steps):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step(x, y)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    print(json.dumps({"mib": mib, "faults": faults}))
 
 
-def peak_memory(variant: str) -> float:
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+def peak_memory(variant: str, keep_freed: bool = True) -> dict[str, float]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), NSA_MALLOC="1" if keep_freed else "0")
     out = subprocess.run([sys.executable, "-c", f"from nsa_core.bench import memory_child; memory_child({variant!r})"],
                          capture_output=True, text=True, env=env, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["mib"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def profile_table(step: Step, x: torch.Tensor, y: torch.Tensor, rows: int = 15) -> str:
@@ -177,6 +188,7 @@ def main(args) -> int:
         raise ValueError(f"--steps must be at least 3 for a median with a spread, got {args.steps}")
     t_start = time.time()
     device = torch.device("cpu")
+    runtime.keep_freed_memory()   # as the trainer does
     threads = torch.get_num_threads()
     print(f"nsa bench: CPU, {threads} threads, width {WIDTH:g}, {NODES} nodes, batch {BATCH}, "
           f"S = {SPACE}; {WARMUP} warm-up + {args.steps} timed steps per variant, round-robin, medians; "
@@ -216,10 +228,15 @@ def main(args) -> int:
 
     mem = {k: peak_memory(k) for k in VARIANTS}
     for k in VARIANTS:
-        ratio = mem[k] / mem["fixed"]
-        rows.append(_row(k, "peak_step_rss_mib", mem[k], ratio,
+        ratio = mem[k]["mib"] / mem["fixed"]["mib"]
+        rows.append(_row(k, "peak_step_rss_mib", mem[k]["mib"], ratio,
                          f"<= {TARGET_MEMORY} x fixed" if k == "nsa-i" else "",
                          ratio <= TARGET_MEMORY if k == "nsa-i" else None))
+    # what keeping freed memory buys (runtime.keep_freed_memory): page faults of a settled step
+    plain = peak_memory("nsa-i", keep_freed=False)["faults"]
+    rows.append(_row("nsa-i", "page_faults_per_step_keep_freed", mem["nsa-i"]["faults"],
+                     mem["nsa-i"]["faults"] / max(plain, 1)))
+    rows.append(_row("nsa-i", "page_faults_per_step_NSA_MALLOC=0", plain, 1.0))
 
     df = pd.DataFrame(rows)
     out = Path(args.out)
@@ -273,7 +290,7 @@ def gpu_main(out: str | Path = "results/bench/gpu.csv") -> int:
 
         def batch_and_step() -> torch.Tensor:
             idx = torch.randint(len(pool), (batch,), generator=order, device=device)
-            x = D.normalize(D.augment(pool[idx], aug), "cifar10").contiguous(memory_format=torch.channels_last)
+            x = D.training_view(pool[idx], aug, "cifar10", 16).contiguous(memory_format=torch.channels_last)
             return step(x, labels[idx])
 
         t0 = time.perf_counter()

@@ -7,47 +7,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 
 from . import data as D
-from .models import KINDS, ModelSpec
-from .profiles import PROFILES, coerce, get_profile, parse_sets
+from . import runtime
+from .config import ModelSpec, convert, parse_sets
+from .models import KINDS
+from .profiles import PROFILES, get_profile
 
 
-def _spec_from_args(args) -> tuple[ModelSpec, object]:
+def _spec_from_args(args) -> ModelSpec:
+    """The spec that `train`'s arguments name: the profile's recipe (the semi-supervised one
+    with --set semi=...), then every --set value, typed by the field it sets."""
     sets = parse_sets(args.set)
-    spec_keys = {f.name for f in fields(ModelSpec)}
-    profile_sets = {k: v for k, v in sets.items() if k not in spec_keys or k in
-                    {f.name for f in fields(get_profile("paper"))}}
-    profile = get_profile(args.profile, profile_sets)
+    if "kind" in sets:
+        raise ValueError("the kind is set with --kind, not --set kind=...")
     if args.kind not in KINDS:
-        raise KeyError(f"unknown kind {args.kind!r}; choose one of {', '.join(KINDS)}")
-    extra = {}
-    spec_types = {f.name: str(f.type) for f in fields(ModelSpec)}
-    for k, v in sets.items():
-        if k in profile_sets:
-            continue
-        if k == "kind":
-            raise KeyError("the kind is set with --kind, not --set kind=...")
-        if spec_types[k].startswith("str") and v.lower() not in ("none", "null"):
-            extra[k] = v      # e.g. semi=consistency: a bare word, not a Python literal
-        else:
-            extra[k] = coerce(v, getattr(ModelSpec(kind="nsa"), k), k)
+        raise ValueError(f"unknown kind {args.kind!r}; choose one of {', '.join(KINDS)}")
+    semi = convert(sets.pop("semi", None), str | None, "semi")
     if args.space is not None:
-        extra["space"] = args.space
-    elif "space" not in extra and KINDS[args.kind][0] != "fixed":
-        extra["space"] = 500
+        sets["space"] = args.space
+    elif "space" not in sets and not KINDS[args.kind].fixed:
+        sets["space"] = 500
     if args.seed is not None:
-        extra["seed"] = args.seed
-    spec = ModelSpec.from_profile(profile, args.kind, **extra)
-    if spec.dataset not in D.DATASETS:
-        raise KeyError(f"unknown data set {spec.dataset!r}; choose one of {', '.join(D.DATASETS)}")
-    return spec, profile
+        sets["seed"] = args.seed
+    spec = get_profile(args.profile).spec(args.kind, semi=semi, **sets)
+    if spec.recipe.dataset not in D.DATASETS:
+        raise ValueError(f"unknown data set {spec.recipe.dataset!r}; choose one of {', '.join(D.DATASETS)}")
+    return spec
 
 
 def cmd_train(args) -> int:
-    from .train import model_dir, get_or_train
-    spec, _ = _spec_from_args(args)
+    from .cache import get_or_train, model_dir
+    spec = _spec_from_args(args)
     folder = model_dir(spec, args.models_dir)
     model, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True)
     last = hist.iloc[-1]
@@ -65,7 +56,11 @@ def cmd_profiles(args) -> int:
             continue
         print(f"[{name}]")
         for k, v in get_profile(name).as_dict().items():
-            if k != "name":
+            if isinstance(v, dict):
+                print(f"  [{k}]" + ("  (the supervised recipe)" if k == "train" else "  (the semi-supervised recipe)"))
+                for kk, vv in v.items():
+                    print(f"    {kk} = {vv}")
+            elif k != "name":
                 print(f"  {k} = {v}")
     return 0
 
@@ -98,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--models-dir", default=None, help="model cache (default $NSA_MODELS_DIR, else results/models)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one value; repeatable")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one recipe or spec value (semi.KEY: the semi-supervised recipe); repeatable")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("reproduce", help="run the notebooks with papermill and write REPORT.md",
@@ -124,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.keep_freed_memory()
     try:
         return args.func(args)
     except (KeyError, D.DataMissing) as e:

@@ -1,4 +1,4 @@
-"""Data: loading, class-balanced subsets, and batched GPU-friendly augmentation (SPEC 4, 5).
+"""Data: loading, class-balanced subsets, and batched GPU-friendly augmentation.
 
 Every data set becomes one `Split`: all images as a uint8 tensor [N, 3, 32, 32] plus int64
 labels, held in memory. At 32x32 that is 150 MB for CIFAR-10 train, and it lets training
@@ -21,11 +21,10 @@ so subsets, evaluation order and augmentation are reproducible and resumable.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
-import os
 import struct
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from . import paths
+from .checkpoint import atomic_save, remove_stale_temporaries
 
 DATASETS = ("cifar10", "cifar100", "svhn", "fashion-mnist", "synthetic")
 SPLITS = ("train", "test")
@@ -73,6 +75,13 @@ class Split:
     def subset(self, idx: torch.Tensor) -> Split:
         return Split(self.images[idx], self.labels[idx], self.classes, self.name)
 
+    def fingerprint(self) -> str:
+        """A hash of the images and labels, in order: what caches of results on this split
+        are keyed by (two copies of a data set that differ in one pixel differ here)."""
+        h = hashlib.sha1(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
+
 
 class DataMissing(RuntimeError):
     """A data set is neither on disk nor downloadable; the message says how to provide it."""
@@ -81,10 +90,9 @@ class DataMissing(RuntimeError):
 # ----------------------------------------------------------------------------- loading
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data folder: the argument, else $NSA_DATA_DIR, else ./data (made absolute so
-    messages and caches name one unambiguous place)."""
-    chosen = data_dir if data_dir is not None else os.environ.get("NSA_DATA_DIR") or "data"
-    return Path(chosen).expanduser().absolute()
+    """The data folder (paths.data_dir's rule: the argument, else $NSA_DATA_DIR, else
+    <repo>/data)."""
+    return paths.data_dir(data_dir)
 
 
 def load(
@@ -138,17 +146,15 @@ def _read_cache(path: Path, name: str) -> Split | None:
 
 
 def _write_cache(path: Path, data: Split) -> None:
-    # Write-then-rename, so a concurrent or interrupted load never sees half a file. A
-    # read-only data folder just means no cache, not a failed load.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # Atomic, so a concurrent or interrupted load never sees half a file; temporaries of
+    # killed writers (a full-size copy each) go first. A read-only data folder just means no
+    # cache, not a failed load.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {"version": _CACHE_VERSION, "images": data.images, "labels": data.labels,
-                "classes": data.classes}
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        remove_stale_temporaries(path.parent)
+        atomic_save({"version": _CACHE_VERSION, "images": data.images, "labels": data.labels,
+                     "classes": data.classes}, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write data cache {path} ({e}); loads will decode again",
                       stacklevel=3)
 
@@ -306,18 +312,19 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
 
 def labelled_split(labels: torch.Tensor, n_labelled: int = 4000,
                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labelled, unlabelled) sorted indices for semi-supervised learning (SPEC 5, 08):
-    n_labelled // C labelled examples per class, every other example unlabelled."""
-    labelled = balanced_subset(labels, n_labelled, seed)
-    is_labelled = torch.zeros(len(labels), dtype=torch.bool)
-    is_labelled[labelled] = True
-    return labelled, torch.nonzero(~is_labelled).squeeze(1)
+    """(labelled, unlabelled) sorted indices for semi-supervised learning (notebook 08): as in
+    the authors' script, `n_labelled` images drawn at random with a fixed seed (not balanced
+    by class), every other image unlabelled."""
+    if not 0 < n_labelled < len(labels):
+        raise ValueError(f"labelled must lie between 1 and {len(labels) - 1}, got {n_labelled}")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    return perm[:n_labelled].sort().values, perm[n_labelled:].sort().values
 
 
 def eval_order(n: int, seed: int = 0) -> torch.Tensor:
     """One fixed permutation of range(n) to evaluate in. ImageFolder copies are sorted by
     class, and with BN in training mode a batch of one class normalises itself away (the
-    SPEC pitfall), so evaluation batches must mix classes like training batches."""
+    training-mode BN pitfall), so evaluation batches must mix classes like training batches."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
@@ -327,18 +334,6 @@ def eval_subset(name: str, data_dir: str | Path | None = None, n: int | None = N
     test = load(name, "test", data_dir)
     order = eval_order(len(test), seed=0)
     return test.subset(order[:n] if n else order)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None,
-            drop_last: bool) -> Iterator[torch.Tensor]:
-    """Index batches over range(n): in order, or shuffled by `generator` (on its device)."""
-    if generator is None:
-        order = torch.arange(n)
-    else:
-        order = torch.randperm(n, generator=generator, device=generator.device)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -357,7 +352,7 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def augment(x: torch.Tensor, generator: torch.Generator, cutout: int = 16, pad: int = 4,
             flip: bool = True) -> torch.Tensor:
-    """SPEC 4 augmentation for a whole batch [B, C, H, W] (uint8 or float), same dtype out:
+    """The paper's augmentation for a whole batch [B, C, H, W] (uint8 or float), same dtype out:
     random crop with `pad` zero pixels a side, horizontal flip with p = 1/2, and Cutout of a
     `cutout`-pixel square whose centre is uniform over the image, clipped at the borders
     (DeVries & Taylor 2017). All randomness is drawn from `generator`, which must live on
@@ -377,14 +372,30 @@ def augment(x: torch.Tensor, generator: torch.Generator, cutout: int = 16, pad: 
     out = padded[torch.arange(b, device=dev)[:, None, None, None],
                  torch.arange(c, device=dev)[None, :, None, None],
                  rows[:, None, :, None], cols[:, None, None, :]]
-    if cutout:
-        cy = torch.randint(0, h, (b,), generator=generator, device=dev)
-        cx = torch.randint(0, w, (b,), generator=generator, device=dev)
-        y0 = torch.arange(h, device=dev)[None] - cy[:, None]
-        x0 = j[None] - cx[:, None]
-        # [y - s/2, y + s/2) clipped to the image, as in the reference implementation
-        in_y = (y0 >= -(cutout // 2)) & (y0 < cutout - cutout // 2)
-        in_x = (x0 >= -(cutout // 2)) & (x0 < cutout - cutout // 2)
-        hole = in_y[:, None, :, None] & in_x[:, None, None, :]
-        out = out.masked_fill(hole, 0)
-    return out
+    return cut_out(out, generator, cutout)
+
+
+def cut_out(x: torch.Tensor, generator: torch.Generator, size: int = 16) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): one `size`-pixel square per image set to 0, its centre
+    uniform over the image, clipped at the borders. On normalised images, as the authors
+    apply it, 0 is the data set's mean colour; on raw pixels it is black. 0 = no hole."""
+    if not size:
+        return x
+    b, _, h, w = x.shape
+    dev = x.device
+    cy = torch.randint(0, h, (b,), generator=generator, device=dev)
+    cx = torch.randint(0, w, (b,), generator=generator, device=dev)
+    y0 = torch.arange(h, device=dev)[None] - cy[:, None]
+    x0 = torch.arange(w, device=dev)[None] - cx[:, None]
+    # [y - s/2, y + s/2) clipped to the image, as in the reference implementation
+    in_y = (y0 >= -(size // 2)) & (y0 < size - size // 2)
+    in_x = (x0 >= -(size // 2)) & (x0 < size - size // 2)
+    hole = in_y[:, None, :, None] & in_x[:, None, None, :]
+    return x.masked_fill(hole, 0)
+
+
+def training_view(x: torch.Tensor, generator: torch.Generator, norm: str, cutout: int) -> torch.Tensor:
+    """One augmented, normalised view of a uint8 batch, in the authors' order: random crop
+    from the black-padded image and flip, normalisation, then Cutout (so the hole is the
+    data set's mean, not black)."""
+    return cut_out(normalize(augment(x, generator, cutout=0), norm), generator, cutout)

@@ -1,5 +1,5 @@
 """Evaluation: per-architecture scores, ensembles, MC dropout, batch-mean statistics, OOD
-detection and white-box attacks (paper Secs. 3-5 and App. C; SPEC section 5).
+detection and white-box attacks (paper Secs. 3-5 and App. C).
 
 Every function works in large batched forwards. With BN in test mode an example's output
 does not depend on its batch, so T architectures on N images become T x N (member, image)
@@ -11,7 +11,7 @@ architecture each (NSA-i's mixed batches are what `predict` with per-example ind
 
 Data order: callers pass evaluation images already in one fixed shuffled order
 (`train.load_data` and `data.eval_order` produce it). Local ImageFolder copies are sorted by
-class, and with BN in training mode a one-class batch normalises itself away (SPEC pitfall).
+class, and with BN in training mode a one-class batch normalises itself away.
 
 The model is left bit-identical: `network.bn_mode` and `network.mc_dropout` restore every
 module's flag and never let BN write its running statistics.
@@ -33,7 +33,7 @@ from . import data as D
 from . import metrics
 from .attacks import PGD, pgd_attack
 from .network import WiredNet, bn_mode, frozen, mc_dropout
-from .train import draw_archs
+from .models import draw_archs
 
 OOD_SYNTHETIC = "synthetic-ood"
 
@@ -146,7 +146,7 @@ def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, nor
     bn='test': all (architecture, image) pairs in forwards of `batch` images that mix
     architectures. bn='train': each forward holds one architecture and `batch` images and is
     normalised by its own statistics, as NSA trains; images must come in a fixed shuffled
-    order (data.eval_order) so that each batch mixes classes (SPEC pitfall)."""
+    order (data.eval_order) so that each batch mixes classes."""
     _check_bn(bn)
     idx, w, T = _members(model, archs, wirings)
     dev = _device(model)
@@ -232,7 +232,7 @@ def batch_mean_variance(model: WiredNet, images: torch.Tensor, norm: str, sampli
     over channels.
 
     As NSA trains: BN in training mode (each batch normalised by its own statistics, running
-    statistics untouched) and architectures drawn by train.draw_archs, one per batch
+    statistics untouched) and architectures drawn by models.draw_archs, one per batch
     ('batch', NSA) or one per example ('example', NSA-i). Images and architectures come from
     separate generators seeded by `seed`, so both samplings see the same image batches and
     differ only in how architectures are assigned."""
@@ -293,12 +293,17 @@ def load_ood(name: str, data_dir: str | Path | None = None, n: int | None = None
     return test.subset(order[:n] if n else order)
 
 
-def _member_fn(model: WiredNet, norm: str, archs: ArchLike | None, mc_samples: int | None,
-               seed: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """(x in [0, 1] [B, 3, 32, 32] -> members' probabilities [T, B, C], T), differentiable.
-    Each image is replicated T times in one forward. MC dropout re-seeds torch's RNG on
-    every call, so the same batch shape always meets the same K dropout masks: PGD attacks
-    exactly the ensemble that is evaluated."""
+def ensemble_members(model: WiredNet, norm: str, archs: ArchLike | None = None, mc_samples: int | None = None,
+                     seed: int = 0, fresh: bool = True) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """(x in [0, 1] [B, 3, 32, 32] -> members' probabilities [T, B, C], T), differentiable:
+    what PGD attacks. Each image is replicated T times in one forward.
+
+    fresh=True (the authors' attack): the ensemble is stochastic as in use, every call draws
+    new members: for each image, T architectures drawn at random from `archs` (default: the
+    training space), or T new dropout masks (torch's global RNG moves on; seed it around the
+    whole attack for a reproducible run). fresh=False: the same members in every call (the
+    architectures `archs` themselves, or the same `mc_samples` masks, re-seeded by `seed`):
+    a deterministic target, the stronger attack."""
     dev = _device(model)
     if mc_samples is not None:
         if archs is not None:
@@ -310,44 +315,34 @@ def _member_fn(model: WiredNet, norm: str, archs: ArchLike | None, mc_samples: i
 
         def dropout_members(x: torch.Tensor) -> torch.Tensor:
             xn = D.normalize(x.to(dev), norm).repeat(mc_samples, 1, 1, 1)
-            with _seeded(seed), mc_dropout(model):
+            with contextlib.nullcontext() if fresh else _seeded(seed), mc_dropout(model):
                 return model(xn).float().softmax(1).view(mc_samples, len(x), -1)
         return dropout_members, mc_samples
 
     idx, _, T = _members(model, archs, None)
+    gen = torch.Generator().manual_seed(seed)
 
     def arch_members(x: torch.Tensor) -> torch.Tensor:
         xn = D.normalize(x.to(dev), norm).repeat(T, 1, 1, 1)
+        drawn = idx[torch.randint(T, (T * len(x),), generator=gen)] if fresh else idx.repeat_interleave(len(x))
         with bn_mode(model, "test"):
-            return model(xn, idx.repeat_interleave(len(x)).to(dev)).float().softmax(1).view(T, len(x), -1)
+            return model(xn, drawn.to(dev)).float().softmax(1).view(T, len(x), -1)
     return arch_members, T
-
-
-def ensemble_predictor(model: WiredNet, norm: str, archs: ArchLike | None = None, mc_samples: int | None = None,
-                       seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A differentiable function from [0, 1] images [B, 3, 32, 32] to the ensemble's averaged
-    softmax [B, C]: over architectures `archs` (None: the whole training space; BN in test
-    mode) or over `mc_samples` dropout masks (seeded by `seed` on every call). One forward
-    holds B x T images. It is what PGD attacks (attacks.pgd_attack)."""
-    members, _ = _member_fn(model, norm, archs, mc_samples, seed)
-
-    def predict_probs(x: torch.Tensor) -> torch.Tensor:
-        return members(x).mean(0)
-    return predict_probs
 
 
 def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
                   archs: ArchLike | None = None, mc_samples: int | None = None, batch: int = 250,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, fresh: bool = True) -> dict:
     """White-box PGD against the whole ensemble (paper Table 3): acc_clean and acc_adv are the
     accuracies of the ensemble's averaged prediction on clean and attacked images, auc is the
     AUC of telling attacked (positive) from clean (negative) images by mutual information.
-    The members are `archs` (NSA) or `mc_samples` seeded dropout masks (fixed networks), the
-    same ones for the attack's gradient and for the evaluation.
+    By default (fresh=True, as the authors do) every forward, each PGD step and the final
+    evaluation alike, draws new members (`ensemble_members`); fresh=False attacks and scores
+    one fixed set of members, the stronger attack.
 
     `batch` bounds the images per forward, replicas included: each forward attacks
     max(1, batch // T) images. The random start is drawn from a generator seeded by `seed`."""
-    members, T = _member_fn(model, norm, archs, mc_samples, seed)
+    members, T = ensemble_members(model, norm, archs, mc_samples, seed, fresh)
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
@@ -356,17 +351,17 @@ def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, n
     dev = _device(model)
     gen = torch.Generator(device=dev).manual_seed(seed)
     chunk = max(1, batch // T)
-    predict_probs = lambda x: members(x).mean(0)  # noqa: E731
     clean, adv, y_all = [], [], []
-    for s in range(0, n, chunk):
-        x = D.to_unit(images[s:s + chunk].to(dev))
-        y = labels[s:s + chunk].to(dev)
-        with frozen(model):
-            x_adv = pgd_attack(predict_probs, x, y, attack, gen)
-        with torch.no_grad():
-            clean.append(members(x).cpu())
-            adv.append(members(x_adv).cpu())
-        y_all.append(y.cpu())
+    with _seeded(seed):   # fresh dropout masks come from torch's global RNG: reproducible, restored after
+        for s in range(0, n, chunk):
+            x = D.to_unit(images[s:s + chunk].to(dev))
+            y = labels[s:s + chunk].to(dev)
+            with frozen(model):
+                x_adv = pgd_attack(lambda z: members(z).mean(0), x, y, attack, gen)
+            with torch.no_grad():
+                clean.append(members(x).cpu())
+                adv.append(members(x_adv).cpu())
+            y_all.append(y.cpu())
     p_clean, p_adv, y = torch.cat(clean, 1), torch.cat(adv, 1), torch.cat(y_all)
     return dict(attack=attack.name, eps=attack.eps,
                 acc_clean=metrics.accuracy(p_clean.mean(0), y), acc_adv=metrics.accuracy(p_adv.mean(0), y),
@@ -374,4 +369,4 @@ def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, n
 
 
 __all__ = ["predict", "arch_scores", "member_probs", "ensemble_curve", "mc_dropout_probs",
-           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_predictor", "attack_report"]
+           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attack_report"]

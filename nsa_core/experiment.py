@@ -6,9 +6,8 @@ models, the evaluation subset, and a record of the claims the notebook tests.
     exp.claim("...", paper="...", reproduced=f"{x:.3f}", verdict=exp.verdict(x > y), rule="x > y")
     exp.finish()   # -> results/<profile>/<notebook>/claims.json, read by REPORT.md
 
-Relative paths (results, data) resolve against the repository root, so a notebook runs the
-same from notebooks/ (papermill, Jupyter) as from anywhere else. $NSA_RESULTS_DIR, when set,
-replaces the results folder: tests and CI point it at a scratch folder.
+Folders follow paths.py's one rule: relative paths resolve against the repository root, so
+a notebook runs the same from notebooks/ (papermill, Jupyter) as from anywhere else.
 """
 from __future__ import annotations
 
@@ -25,35 +24,17 @@ import torch
 from tqdm import tqdm
 
 from . import data as D
-from .models import ModelSpec
+from . import paths, runtime
+from .cache import get_or_train
+from .config import ModelSpec
 from .network import WiredNet
 from .profiles import Profile, get_profile
-from .train import default_device, get_or_train
 
 HOLDS = "holds"
 FAILS = "does not hold"
 NOT_COMPARABLE = "not comparable at this profile"
 VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE)
 CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule")
-
-
-def repo_root() -> Path:
-    """The folder holding pyproject.toml above this file; the working directory when the
-    package is installed without its repository."""
-    for folder in Path(__file__).resolve().parents:
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    return Path.cwd()
-
-
-def _under_root(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
-
-
-def results_root(results_dir: str | Path = "results") -> Path:
-    """Where results go: $NSA_RESULTS_DIR when set, else `results_dir` (relative to the repo)."""
-    return _under_root(os.environ.get("NSA_RESULTS_DIR") or results_dir)
 
 
 def _show(text: str) -> None:
@@ -85,14 +66,17 @@ class Experiment:
     _tests: dict[tuple[str, int | None], D.Split] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- models and data
-    def spec(self, kind: str, **overrides: Any) -> ModelSpec:
+    def spec(self, kind: str, semi: str | None = None, **overrides: Any) -> ModelSpec:
         """The spec of a model of `kind` at this profile and seed; overrides win."""
-        return ModelSpec.from_profile(self.profile, kind, **{"seed": self.seed, **overrides})
+        return self.profile.spec(kind, semi=semi, **{"seed": self.seed, **overrides})
 
-    def model(self, kind: str, **overrides: Any) -> tuple[WiredNet, pd.DataFrame]:
+    def model(self, kind: str, semi: str | None = None, **overrides: Any) -> tuple[WiredNet, pd.DataFrame]:
         """The trained model of `kind` (from the cache, or trained now) and its history."""
-        return get_or_train(self.spec(kind, **overrides), self.models_dir, self.data_dir, self.device,
-                            progress=True)
+        return self.trained(self.spec(kind, semi=semi, **overrides))
+
+    def trained(self, spec: ModelSpec) -> tuple[WiredNet, pd.DataFrame]:
+        """The model of `spec`, from the cache or trained now, and its history."""
+        return get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=True)
 
     @property
     def shared_dir(self) -> Path:
@@ -104,7 +88,7 @@ class Experiment:
     def test_set(self, dataset: str | None = None, n: int | None = None) -> D.Split:
         """The evaluation subset of `dataset` (default: the profile's), first `n` images of the
         fixed shuffled order (default: profile.test_size): the images training logged."""
-        key = (dataset or self.profile.dataset, n or self.profile.test_size)
+        key = (dataset or self.profile.train.dataset, n or self.profile.train.test_size)
         if key not in self._tests:
             self._tests[key] = D.eval_subset(key[0], self.data_dir, key[1])
         return self._tests[key]
@@ -165,19 +149,15 @@ def setup(notebook: str, profile: str | Profile | None = None, data_dir: str | P
           overrides: dict[str, Any] | None = None) -> Experiment:
     """Start a notebook's experiment: profile None/"" -> $NSA_PROFILE, else tiny; data_dir
     None -> $NSA_DATA_DIR, else <repo>/data; models cached in $NSA_MODELS_DIR, else
-    <results>/models."""
+    <results>/models (paths.py)."""
     import seaborn as sns
 
     prof = profile.with_overrides(overrides) if isinstance(profile, Profile) else \
         get_profile(profile or None, overrides)
-    root = results_root(results_dir)
-    out = root / prof.name / notebook
-    out.mkdir(parents=True, exist_ok=True)
+    out = paths.writable_folder(paths.results_dir(results_dir) / prof.name / notebook, "results folder")
     # A claims.json left by an earlier run must not pass for this run's if this one fails.
     (out / "claims.json").unlink(missing_ok=True)
-    models_dir = _under_root(os.environ["NSA_MODELS_DIR"]) if os.environ.get("NSA_MODELS_DIR") else root / "models"
-    data = _under_root(data_dir if data_dir is not None else os.environ.get("NSA_DATA_DIR") or "data")
     torch.manual_seed(seed)
     sns.set_theme(context="notebook", style="whitegrid")
-    return Experiment(notebook=notebook, profile=prof, out=out, models_dir=models_dir, data_dir=data,
-                      device=torch.device(device) if device else default_device(), seed=seed)
+    return Experiment(notebook=notebook, profile=prof, out=out, models_dir=paths.models_dir(),
+                      data_dir=paths.data_dir(data_dir), device=runtime.device(device), seed=seed)

@@ -1,4 +1,4 @@
-"""Classification, calibration and uncertainty metrics (paper Sec. 5.1-5.2, SPEC section 5).
+"""Classification, calibration and uncertainty metrics (paper Sec. 5.1-5.2).
 
 Every function takes predicted *probabilities* (rows sum to 1), never logits: an ensemble's
 prediction is the average of its members' softmax, and averaging logits instead would be a

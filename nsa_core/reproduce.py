@@ -20,7 +20,9 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from .experiment import CLAIM_FIELDS, HOLDS, FAILS, NOT_COMPARABLE, repo_root, results_root
+from . import runtime
+from .experiment import CLAIM_FIELDS, HOLDS, FAILS, NOT_COMPARABLE
+from .paths import repo_root, results_dir
 from .profiles import get_profile
 
 
@@ -95,7 +97,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
         prof = get_profile(profile, sets)          # unknown profile or --set key: fail now
         selected = select_notebooks(notebooks)
         kernel = kernel_name()
-    except KeyError as e:
+    except (KeyError, ValueError) as e:
         return usage(e.args[0])
     if not selected:
         return usage(f"no notebooks found in {notebooks_dir()}")
@@ -110,7 +112,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
         if blind:
             return usage(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
 
-    results = results_root()
+    results = results_dir()
     executed = results / prof.name / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=str(results))
@@ -120,6 +122,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
     # Kernels inherit the environment. Training bars redraw at most every 2 s, else the
     # executed copies of a long run carry megabytes of progress updates.
     os.environ.setdefault("TQDM_MININTERVAL", "2")
+    os.environ.update(runtime.child_environment())   # the kernels keep freed memory too
     for i, nb in enumerate(selected, 1):
         out = executed / nb.name
         print(f"nsa: [{i}/{len(selected)}] {nb.stem} ({prof.name}) -> {_shown(out)}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The wiring-based architecture space (paper Sec. 2, SPEC section 1).
+"""The wiring-based architecture space (paper Sec. 2).
 
 A stage wiring is a 0/1 matrix A of shape (N+1, N+1): row = consumer, column = producer.
 Rows 0..N-1 feed nodes 0..N-1, row N is the stage output; column 0 is the stage input and

@@ -18,3 +18,16 @@ def _seed_torch():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory):
+    """The smoke profile's NSA-i model (S = 5), trained once per test session through the
+    model cache: (spec, models folder, model, history). Tests must not change it."""
+    from nsa_core import cache
+    from nsa_core.profiles import get_profile
+
+    spec = get_profile("smoke").spec("nsa-i", space=5)
+    root = tmp_path_factory.mktemp("models")
+    model, hist = cache.get_or_train(spec, root, device="cpu", progress=False)
+    return spec, root, model, hist

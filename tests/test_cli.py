@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from nsa_core import cli
-from nsa_core.models import ModelSpec
 from nsa_core.profiles import get_profile
-from nsa_core.train import model_dir
+from nsa_core.cache import model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "reproduce", "bench", "profiles")
@@ -48,9 +47,13 @@ MISTAKES = [
     (["--profile", "huge", "--kind", "nsa-i"], "unknown profile 'huge'"),
     (["--profile", "smoke", "--kind", "nsa-x"], "unknown kind 'nsa-x'"),
     (["--profile", "smoke", "--kind", "nsa-i", "--set", "dataset=foo"], "unknown data set 'foo'"),
-    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epoch=4"], "unknown profile key 'epoch'"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epoch=4"], "unknown setting 'epoch'"),
     (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs=four"], "epochs"),
-    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs=4.5"], "epochs takes a int"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs=4.5"], "epochs takes a whole number"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs=0"], "epochs must be positive"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "width=0"], "width must be positive"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--set", "batch_size=0"], "batch_size must be positive"),
+    (["--profile", "smoke", "--kind", "nsa-i", "--device", "gpu"], "unknown device 'gpu'"),
     (["--profile", "smoke", "--kind", "nsa-i", "--set", "epochs"], "key=value"),
     (["--profile", "smoke", "--kind", "nsa-i", "--set", "kind=wrn"], "--kind"),
     (["--profile", "smoke", "--kind", "nsa-i", "--set", "semi=pseudo"], "semi-supervised mode 'pseudo'"),
@@ -103,23 +106,25 @@ def test_missing_data_offline_is_one_line_and_exit_2(tmp_path):
 def test_set_reaches_the_spec():
     args = cli.build_parser().parse_args(
         ["train", "--kind", "nsa-id", "--profile", "smoke", "--set", "epochs=1", "--set", "space=7",
-         "--set", "aux=True", "--set", "seed=3", "--set", "milestones=(1,)"])
-    spec, profile = cli._spec_from_args(args)
-    assert (spec.epochs, spec.space, spec.aux, spec.seed, spec.milestones) == (1, 7, True, 3, (1,))
-    assert profile.name == "smoke" and profile.epochs == 1
+         "--set", "aux_weight=0.3", "--set", "seed=3", "--set", "milestones=(1,)"])
+    spec = cli._spec_from_args(args)
+    r = spec.recipe
+    assert (r.epochs, spec.space, r.aux_weight, spec.seed, r.milestones) == (1, 7, 0.3, 3, (1,))
     args = cli.build_parser().parse_args(
-        ["train", "--kind", "nsa-id", "--profile", "smoke", "--space", "3", "--set", "semi=consistency"])
-    spec, _ = cli._spec_from_args(args)
+        ["train", "--kind", "nsa-id", "--profile", "smoke", "--space", "3", "--set", "semi=consistency",
+         "--set", "epochs=5", "--set", "batch_size=8"])
+    spec = cli._spec_from_args(args)
     assert spec.semi == "consistency" and spec.space == 3
+    assert (spec.recipe.epochs, spec.recipe.batch_size) == (5, 8)   # bare keys reach the semi recipe
     args = cli.build_parser().parse_args(["train", "--kind", "wrn", "--profile", "smoke"])
-    assert cli._spec_from_args(args)[0].space == 1
+    assert cli._spec_from_args(args).space == 1
 
 
 def test_train_smoke_prints_the_model_folder(tmp_path):
     r = nsa("train", "--profile", "smoke", "--kind", "nsa-i", "--space", "5", "--set", "epochs=1",
             "--set", "synthetic_size=256", "--models-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    spec = ModelSpec.from_profile(get_profile("smoke", {"epochs": 1, "synthetic_size": 256}), "nsa-i", space=5)
+    spec = get_profile("smoke", {"epochs": 1, "synthetic_size": 256}).spec("nsa-i", space=5)
     folder = model_dir(spec, tmp_path)
     assert r.stdout.splitlines() == [str(folder)]
     assert (folder / "model.pt").exists() and (folder / "history.csv").exists()

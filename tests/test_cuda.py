@@ -10,7 +10,6 @@ import torch
 from nsa_core import data as D
 from nsa_core import space as sp
 from nsa_core import train as T
-from nsa_core.models import ModelSpec
 from nsa_core.network import NetConfig, WiredNet
 from nsa_core.profiles import get_profile
 
@@ -59,7 +58,7 @@ def test_cuda_smoke_training_with_bf16_autocast(tmp_path, monkeypatch):
     """The smoke profile's NSA-id trains on CUDA (bf16 autocast, channels_last; eager here,
     gpu_check.sh trains it compiled) and learns the synthetic data."""
     monkeypatch.setenv("NSA_COMPILE", "0")
-    spec = ModelSpec.from_profile(get_profile("smoke"), "nsa-id", space=3)
+    spec = get_profile("smoke").spec("nsa-id", space=3)
     model, hist = T.train(spec, tmp_path / "run", device="cuda", progress=False)
     assert next(model.parameters()).device.type == "cuda"
     assert hist.epoch.tolist() == list(range(1, spec.epochs + 1))

@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nsa_core import attacks, data as D, evaluate as E, space as sp, train as T
-from nsa_core.models import ModelSpec
 from nsa_core.network import NetConfig, WiredNet
 from nsa_core.profiles import get_profile
 
@@ -19,12 +18,11 @@ NORM = "synthetic"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """A smoke-profile NSA-i model (S = 5) and its evaluation images, in the fixed shuffled
-    order that train.load_data gives them."""
-    spec = ModelSpec.from_profile(get_profile("smoke"), "nsa-i", space=5)
-    model, _ = T.get_or_train(spec, tmp_path_factory.mktemp("models"), device="cpu", progress=False)
-    data = T.load_data(spec, device="cpu")
+def smoke(smoke_model):
+    """The session's smoke NSA-i model (S = 5) and its evaluation images, in the fixed
+    shuffled order that train.load_data gives them."""
+    spec, _, model, _ = smoke_model
+    data = T.load_data(spec, dev=torch.device("cpu"))
     return model, data.x_test[:128], data.y_test[:128], data.x
 
 
@@ -207,7 +205,7 @@ def test_batch_mean_variance_rows_and_sampling(smoke):
     kw = dict(batches=10, batch_size=32, seed=5)
     per_batch = E.batch_mean_variance(model, x_train, NORM, "batch", **kw)
     per_example = E.batch_mean_variance(model, x_train, NORM, "example", **kw)
-    bn_layers = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    bn_layers = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not n.startswith("aux.")]
     for v in (per_batch, per_example):
         assert list(v.columns) == ["layer", "var_mean"] and v.layer.tolist() == bn_layers
         assert (v.var_mean >= 0).all() and np.isfinite(v.var_mean).all()
@@ -251,38 +249,61 @@ def test_load_ood_takes_the_first_n_of_the_eval_order(monkeypatch):
 
 # ----------------------------------------------------------------------------- PGD
 
-def test_ensemble_predictor_is_the_differentiable_member_average(smoke):
+def test_fixed_members_are_the_differentiable_member_probabilities(smoke):
     model, x, _, _ = smoke
-    f = E.ensemble_predictor(model, NORM, archs=[0, 3])
+    f, T = E.ensemble_members(model, NORM, archs=[0, 3], fresh=False)
     xu = D.to_unit(x[:20]).requires_grad_(True)
     p = f(xu)
-    torch.testing.assert_close(p.detach(), E.member_probs(model, x[:20], NORM, archs=[0, 3]).mean(0),
-                               atol=1e-5, rtol=0)
-    (g,) = torch.autograd.grad(p[:, 0].sum(), xu)
+    assert T == 2
+    torch.testing.assert_close(p.detach(), E.member_probs(model, x[:20], NORM, archs=[0, 3]), atol=1e-5, rtol=0)
+    (g,) = torch.autograd.grad(p.mean(0)[:, 0].sum(), xu)
     assert g.abs().sum() > 0
+
+
+def test_fresh_members_in_every_forward(smoke):
+    """The authors' attack: each forward of the ensemble draws new architectures per image."""
+    model, x, _, _ = smoke
+    f, T = E.ensemble_members(model, NORM, fresh=True, seed=0)
+    with torch.no_grad():
+        a, b = f(D.to_unit(x[:20])), f(D.to_unit(x[:20]))
+    assert T == model.num_archs and not torch.equal(a, b)
+    fixed, _ = E.ensemble_members(model, NORM, fresh=False)
+    with torch.no_grad():
+        assert torch.equal(fixed(D.to_unit(x[:20])), fixed(D.to_unit(x[:20])))
 
 
 def test_pgd_on_the_ensemble_stays_in_the_ball(smoke):
     model, x, y, _ = smoke
     xu, attack = D.to_unit(x[:32]), attacks.PGD.from_name("PGD3-4-1")
-    x_adv = attacks.pgd_attack(E.ensemble_predictor(model, NORM), xu, y[:32], attack,
-                               torch.Generator().manual_seed(0))
+    members, _ = E.ensemble_members(model, NORM)
+    x_adv = attacks.pgd_attack(lambda z: members(z).mean(0), xu, y[:32], attack, torch.Generator().manual_seed(0))
     assert (x_adv - xu).abs().max() <= attack.eps + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1 and not torch.equal(x_adv, xu)
 
 
 def test_attack_report_accuracy_falls_with_the_budget(smoke):
+    """On one fixed set of members (the deterministic variant) clean accuracy is the same for
+    every budget and accuracy under attack falls as the budget grows."""
     model, x, y, _ = smoke
-    reports = [E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name(a), batch=100, seed=0)
-               for a in attacks.PAPER_ATTACKS]
+    reports = [E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name(a), batch=100, seed=0,
+                               fresh=False) for a in attacks.PAPER_ATTACKS]
     assert [r["attack"] for r in reports] == list(attacks.PAPER_ATTACKS)
     assert all(r["n"] == 32 and 0 <= r["auc"] <= 1 for r in reports)
     assert len({r["acc_clean"] for r in reports}) == 1
     accs = [reports[0]["acc_clean"]] + [r["acc_adv"] for r in reports]
     assert all(a >= b for a, b in zip(accs, accs[1:])), accs
     assert accs[-1] < accs[0]
-    again = E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name("PGD1-2-1"), batch=100, seed=0)
+    again = E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name("PGD1-2-1"), batch=100, seed=0,
+                            fresh=False)
     assert again == reports[0]
+
+
+def test_fresh_attack_report_is_reproducible_by_seed(smoke):
+    model, x, y, _ = smoke
+    run = lambda seed: E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name("PGD3-4-1"),  # noqa: E731
+                                       batch=100, seed=seed)
+    a = run(0)
+    assert a == run(0) and a["acc_adv"] < a["acc_clean"]
 
 
 def test_attack_report_mc_dropout(dropout_net):

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from nsa_core import data as D
-from nsa_core.experiment import FAILS, HOLDS, NOT_COMPARABLE, repo_root, setup
+from nsa_core.experiment import FAILS, HOLDS, NOT_COMPARABLE, setup
+from nsa_core.paths import repo_root
 from nsa_core.reproduce import select_notebooks, write_report
 
 
@@ -36,9 +37,9 @@ def test_relative_results_dir_resolves_against_the_repo(monkeypatch, tmp_path):
 
 def test_test_set_is_the_training_logs_evaluation_subset(exp):
     test = exp.test_set()
-    assert len(test) == exp.profile.test_size
+    assert len(test) == exp.profile.train.test_size
     full = D.load("synthetic", "test")
-    order = D.eval_order(len(full), seed=0)[: exp.profile.test_size]
+    order = D.eval_order(len(full), seed=0)[: exp.profile.train.test_size]
     assert (test.labels == full.labels[order]).all()
     assert len(exp.test_set(n=10)) == 10
 

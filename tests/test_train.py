@@ -21,8 +21,12 @@ import pandas as pd
 import pytest
 import torch
 
+from nsa_core import cache as C
+from nsa_core import checkpoint as CK
+from nsa_core import models as M
+from nsa_core import step as ST
 from nsa_core import train as T
-from nsa_core.models import ModelSpec
+from nsa_core.config import ModelSpec
 from nsa_core.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +48,7 @@ from pathlib import Path
 import torch
 import torch._dynamo  # the first optimiser imports it (seconds): once here, not in every child
 torch.set_num_threads(1)
-from nsa_core.models import ModelSpec
+from nsa_core.config import ModelSpec
 from nsa_core.train import train
 
 def train_child(job, err):
@@ -90,25 +94,25 @@ json.dump(results, open(sys.argv[2], "w"))
 
 
 def nsa_i() -> ModelSpec:
-    return ModelSpec.from_profile(SMOKE, "nsa-i", space=5, **SMALL)
+    return SMOKE.spec("nsa-i", space=5, **SMALL)
 
 
 def wrn_dropout() -> ModelSpec:
-    return ModelSpec.from_profile(SMOKE, "wrn-dropout", **SMALL)
+    return SMOKE.spec("wrn-dropout", **SMALL)
 
 
 def semi() -> ModelSpec:
-    # 40 labelled images (4 a class); the unlabelled rest, 88 images, sets 5 steps an epoch.
-    p = get_profile("smoke", {"labelled": 40, "unlabelled": None})
-    return ModelSpec.from_profile(p, "nsa-id", space=3, semi="consistency", **SMALL)
+    # 40 labelled images; the unlabelled rest, 88 images, sets 6 steps an epoch (the last of 8).
+    return SMOKE.spec("nsa-id", space=3, semi="consistency", labelled=40, unlabelled=None,
+                      **{**SMALL, "batch_size": 16})
 
 
 SPECS = {"nsa-i": nsa_i, "wrn-dropout": wrn_dropout, "semi": semi}
 
 
 def steps_per_epoch(spec: ModelSpec) -> int:
-    n = spec.synthetic_size - spec.labelled if spec.semi else spec.synthetic_size
-    return n // spec.batch_size
+    r = spec.recipe
+    return T.steps_per_epoch(r.synthetic_size - r.labelled if spec.semi else r.synthetic_size, r.batch_size)
 
 
 def kill_points(seed: int, steps: int) -> tuple[int, int, int]:
@@ -264,14 +268,14 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     spec = nsa_i()
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(T.CheckpointError, match=re.escape(str(bad))):
-        T.load_checkpoint(bad, spec)
-    T.atomic_save({"model": {}}, bad)
-    with pytest.raises(T.CheckpointError, match="not an nsa_core checkpoint"):
-        T.load_checkpoint(bad, spec)
-    T.atomic_save({"spec": spec.with_(lr=0.5).to_json()}, bad)
-    with pytest.raises(T.CheckpointError, match="another spec"):
-        T.load_checkpoint(bad, spec)
+    with pytest.raises(CK.CheckpointError, match=re.escape(str(bad))):
+        CK.load_checkpoint(bad, spec)
+    CK.atomic_save({"model": {}}, bad)
+    with pytest.raises(CK.CheckpointError, match="not an nsa_core checkpoint"):
+        CK.load_checkpoint(bad, spec)
+    CK.atomic_save({"spec": spec.with_(lr=0.5).to_json()}, bad)
+    with pytest.raises(CK.CheckpointError, match="another spec"):
+        CK.load_checkpoint(bad, spec)
 
 
 def test_non_finite_loss_names_epoch_and_step(tmp_path):
@@ -283,13 +287,13 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path):
 
 def test_atomic_save_leaves_only_the_file(tmp_path):
     path = tmp_path / "state.pt"
-    T.atomic_save({"x": torch.arange(3)}, path)
-    T.atomic_save({"x": torch.arange(4)}, path)
+    CK.atomic_save({"x": torch.arange(3)}, path)
+    CK.atomic_save({"x": torch.arange(4)}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
     assert torch.equal(torch.load(path)["x"], torch.arange(4))
     # a save that fails half-way keeps the old file and leaves no temporary behind
     with pytest.raises(_Stop):
-        T.atomic_save({"x": torch.arange(5), "bad": _Unpicklable()}, path)
+        CK.atomic_save({"x": torch.arange(5), "bad": _Unpicklable()}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
     assert torch.equal(torch.load(path)["x"], torch.arange(4))
 
@@ -297,12 +301,9 @@ def test_atomic_save_leaves_only_the_file(tmp_path):
 # ---------------------------------------------------------------------- model cache
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """An NSA-i model of the smoke profile as it is, trained through the model cache."""
-    root = tmp_path_factory.mktemp("models")
-    spec = ModelSpec.from_profile(SMOKE, "nsa-i", space=5)
-    model, hist = T.get_or_train(spec, root, device="cpu", progress=False)
-    return spec, root, model, hist
+def smoke(smoke_model):
+    """The session's NSA-i model of the smoke profile, trained through the model cache."""
+    return smoke_model
 
 
 def test_smoke_model_learns_the_synthetic_data(smoke):
@@ -314,16 +315,17 @@ def test_smoke_model_learns_the_synthetic_data(smoke):
 def test_history_has_one_row_per_epoch(smoke):
     spec, _, _, hist = smoke
     assert list(hist.columns) == HISTORY_COLUMNS
-    assert hist.epoch.tolist() == list(range(1, spec.epochs + 1))
+    r = spec.recipe
+    assert hist.epoch.tolist() == list(range(1, r.epochs + 1))
     assert (hist.seconds > 0).all()
-    spe = (spec.train_size or spec.synthetic_size) // spec.batch_size
-    last_lr = [spec.lr * T.lr_factor(spec, e * spe - 1, spe) for e in hist.epoch]   # the epoch's last step
+    spe = T.steps_per_epoch(r.train_size or r.synthetic_size, r.batch_size)
+    last_lr = [r.lr * ST.lr_factor(r, e * spe - 1, spe) for e in hist.epoch]   # the epoch's last step
     assert hist.lr.tolist() == pytest.approx(last_lr)
 
 
 def test_get_or_train_loads_a_finished_model_without_training(smoke, monkeypatch):
     spec, root, model, hist = smoke
-    folder = T.model_dir(spec, root)
+    folder = C.model_dir(spec, root)
     assert folder == root / spec.key
     assert sorted(p.name for p in folder.iterdir()) == ["history.csv", "model.pt", "spec.json", "train.log"]
     assert ModelSpec.from_json((folder / "spec.json").read_text()) == spec
@@ -332,9 +334,9 @@ def test_get_or_train_loads_a_finished_model_without_training(smoke, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("a finished model must be loaded, not trained again")
 
-    monkeypatch.setattr(T, "train", no_training)
+    monkeypatch.setattr(C, "train", no_training)
     t0 = time.perf_counter()
-    again, hist2 = T.get_or_train(spec, root, device="cpu", progress=False)
+    again, hist2 = C.get_or_train(spec, root, device="cpu", progress=False)
     assert time.perf_counter() - t0 < 5
     assert not again.training
     a, b = model.state_dict(), again.state_dict()
@@ -350,9 +352,10 @@ def test_model_cache_is_ignored_by_git():
 # ---------------------------------------------------------------------- data, schedule
 
 def test_step_schedule_multiplies_by_gamma_at_the_milestones():
-    spec = ModelSpec.from_profile(get_profile("paper"), "nsa-i", space=500)
-    spe = 50000 // 128
-    lr = lambda epoch, step=0: spec.lr * T.lr_factor(spec, epoch * spe + step, spe)  # noqa: E731
+    r = get_profile("paper").train
+    spe = T.steps_per_epoch(50000, 128)
+    assert spe == 391   # the last, smaller batch is kept
+    lr = lambda epoch, step=0: r.lr * ST.lr_factor(r, epoch * spe + step, spe)  # noqa: E731
     assert lr(0) == lr(89, spe - 1) == pytest.approx(0.1)
     assert lr(90) == lr(179, spe - 1) == pytest.approx(0.02)
     assert lr(180) == lr(239, spe - 1) == pytest.approx(0.004)
@@ -360,29 +363,28 @@ def test_step_schedule_multiplies_by_gamma_at_the_milestones():
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
-    spec = ModelSpec.from_profile(get_profile("tiny"), "nsa-i", space=5).with_(
-        schedule="linear", warmup_epochs=0.5, epochs=6)
+    spec = get_profile("tiny").spec("nsa-i", space=5).with_(schedule="linear", warmup_epochs=0.5, epochs=6)
     spe = 40
-    f = [T.lr_factor(spec, s, spe) for s in range(6 * spe)]
+    f = [ST.lr_factor(spec.recipe, s, spe) for s in range(6 * spe)]
     peak = int(0.5 * spe)
     assert all(0 < a < b for a, b in zip(f[:peak - 1], f[1:peak]))      # rises to 1
     assert f[peak - 1] == pytest.approx(1.0) and f[peak] == pytest.approx(1.0)
     assert all(a > b for a, b in zip(f[peak:], f[peak + 1:]))            # then falls
     assert 0 < f[-1] < 0.01
-    assert T.lr_factor(spec, 6 * spe, spe) == 0.0
+    assert ST.lr_factor(spec.recipe, 6 * spe, spe) == 0.0
 
 
 def test_rampup():
-    assert T.rampup(0.0) == pytest.approx(math.exp(-5))
-    assert T.rampup(1.0) == 1.0 and T.rampup(2.0) == 1.0 and T.rampup(-1.0) == T.rampup(0.0)
+    assert ST.rampup(0.0) == pytest.approx(math.exp(-5))
+    assert ST.rampup(1.0) == 1.0 and ST.rampup(2.0) == 1.0 and ST.rampup(-1.0) == ST.rampup(0.0)
 
 
 def test_draw_archs():
     g = torch.Generator().manual_seed(0)
-    per_batch = T.draw_archs("batch", 50, 10, 4, g)
+    per_batch = M.draw_archs("batch", 50, 10, 4, g)
     assert per_batch.shape == (10,)
     for s in (0, 4, 8):
         assert (per_batch[s:s + 4] == per_batch[s]).all()
-    per_example = T.draw_archs("example", 50, 1000, 4, g)
+    per_example = M.draw_archs("example", 50, 1000, 4, g)
     assert 0 <= per_example.min() and per_example.max() < 50 and len(per_example.unique()) > 40
-    assert (T.draw_archs("fixed", 1, 7, 4, g) == 0).all()
+    assert (M.draw_archs("fixed", 1, 7, 4, g) == 0).all()

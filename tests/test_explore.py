@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nsa_core import applications as app
+from nsa_core import explore as app
 from nsa_core import data as D
 from nsa_core import metrics
 from nsa_core.profiles import at_paper_scale, get_profile
@@ -36,7 +36,7 @@ def test_paper_scale_only_for_the_paper_settings():
 
 
 def test_unknown_method_is_a_clear_error():
-    with pytest.raises(KeyError, match="unknown Table 2 method"):
+    with pytest.raises(ValueError, match="unknown Table 2 method"):
         app.ensemble_models(SimpleNamespace(profile=get_profile("smoke")), "synthetic", ["dropout"])
 
 

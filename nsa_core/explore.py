@@ -1,4 +1,5 @@
-"""Shared steps of the paper's Sec. 5 notebooks (05 ensemble, 06 calibration, 07 uncertainty).
+"""Exploring NSA (the paper's Sec. 5): shared steps of notebooks 05 ensemble, 06 calibration,
+07 uncertainty and 08 semi-supervised.
 
 Table 2 compares four methods on one test set. Each is kept as *member* probabilities
 [T, N, C], so every notebook derives what it needs from the same numbers:
@@ -13,17 +14,23 @@ The probabilities are cached per data set, keyed by the models and the test set,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
+from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from . import data as D
 from . import evaluate, metrics
-from .models import ModelSpec, build
+from .checkpoint import atomic_save
+from .config import Recipe
+from .models import build
 from .network import WiredNet, count_params
+from .paper import TABLE2 as PAPER_TABLE2
 from .profiles import PROFILES, Profile, at_paper_scale
-from .train import atomic_save
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN",
                  "fashion-mnist": "Fashion-MNIST", "synthetic": "synthetic", "synthetic-ood": "synthetic OOD"}
@@ -33,20 +40,16 @@ METHODS = ("wrn", "wrn-dropout", "single", "nsa-id")
 LABELS = {"wrn": "WRN-28-10†", "wrn-dropout": "WRN-28-10† + MC dropout",
           "single": "Average of individuals", "nsa-id": "NSA-id"}
 
-# Paper Table 2: (# params, test error %, ECE).
-PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
-    "cifar10": {"wrn": (39.5e6, 2.93, 0.0140), "wrn-dropout": (39.5e6, 3.23, 0.0107),
-                "single": (39.5e6, 2.97, 0.0153), "nsa-id": (39.6e6, 2.75, 0.0032)},
-    "cifar100": {"wrn": (39.5e6, 16.75, 0.0672), "wrn-dropout": (39.5e6, 17.16, 0.0454),
-                 "single": (39.5e6, 17.02, 0.0446), "nsa-id": (39.6e6, 16.44, 0.0212)},
-}
-
-
 def settings(profile: Profile, keys: Iterable[str]) -> pd.DataFrame:
-    """This run's values of some profile fields next to the paper's (SPEC sections 4-5)."""
-    paper = PROFILES["paper"]
+    """This run's values of some settings next to the paper's: a profile knob by name, a
+    recipe key from the supervised recipe, 'semi.KEY' from the semi-supervised one."""
+    def value(p: Profile, key: str):
+        if key.startswith("semi."):
+            return getattr(p.semi_recipe, key[len("semi."):])
+        return getattr(p.train, key) if key in {f.name for f in fields(Recipe)} else getattr(p, key)
+
     keys = list(keys)
-    return pd.DataFrame([[getattr(profile, k), getattr(paper, k)] for k in keys], index=keys,
+    return pd.DataFrame([[value(profile, k), value(PROFILES["paper"], k)] for k in keys], index=keys,
                         columns=["this run", "paper"], dtype=object)
 
 
@@ -55,46 +58,35 @@ def paper_param_counts(dataset: str = "cifar10") -> pd.Series:
     not trained), to check against Table 2's # params column."""
     p = PROFILES["paper"]
     S = p.space_ensemble
-    specs = {"wrn": ModelSpec.from_profile(p, "wrn", aux=True, dataset=dataset),
-             "wrn-dropout": ModelSpec.from_profile(p, "wrn-dropout", aux=True, dataset=dataset),
-             "single": ModelSpec.from_profile(p, "single", space=S, arch_index=0, aux=True, dataset=dataset),
-             "nsa-id": ModelSpec.from_profile(p, "nsa-id", space=S, aux=True, dataset=dataset)}
+    specs = {"wrn": p.spec("wrn", dataset=dataset), "wrn-dropout": p.spec("wrn-dropout", dataset=dataset),
+             "single": p.spec("single", space=S, arch_index=0, dataset=dataset),
+             "nsa-id": p.spec("nsa-id", space=S, dataset=dataset)}
     return pd.Series({m: count_params(build(s, D.NUM_CLASSES[dataset])) for m, s in specs.items()},
                      name="params")
 
 
-def method_specs(exp, dataset: str) -> dict[str, list]:
+def method_specs(exp: Experiment, dataset: str) -> dict[str, list]:
     """The ModelSpecs behind each Table 2 method on `dataset` (several for "single")."""
     S = exp.profile.space_ensemble
     return {
-        "wrn": [exp.spec("wrn", aux=True, dataset=dataset)],
-        "wrn-dropout": [exp.spec("wrn-dropout", aux=True, dataset=dataset)],
-        "single": [exp.spec("single", space=S, arch_index=k, aux=True, dataset=dataset)
-                   for k in range(S)],
-        "nsa-id": [exp.spec("nsa-id", space=S, aux=True, dataset=dataset)],
+        "wrn": [exp.spec("wrn", dataset=dataset)],
+        "wrn-dropout": [exp.spec("wrn-dropout", dataset=dataset)],
+        "single": [exp.spec("single", space=S, arch_index=k, dataset=dataset) for k in range(S)],
+        "nsa-id": [exp.spec("nsa-id", space=S, dataset=dataset)],
     }
 
 
-def ensemble_models(exp, dataset: str, methods: Iterable[str] = METHODS
+def ensemble_models(exp: Experiment, dataset: str, methods: Iterable[str] = METHODS
                     ) -> dict[str, list[tuple[WiredNet, pd.DataFrame]]]:
     """The trained (cached) models of the Table 2 methods: method -> [(model, history)], one
     entry per individually trained network (S for "single", one otherwise)."""
     methods = tuple(methods)
     _check_methods(methods)
-    S = exp.profile.space_ensemble
-    out: dict[str, list[tuple[WiredNet, pd.DataFrame]]] = {}
-    for m in methods:
-        if m == "single":
-            out[m] = [exp.model("single", space=S, arch_index=k, aux=True, dataset=dataset)
-                      for k in range(S)]
-        elif m == "nsa-id":
-            out[m] = [exp.model("nsa-id", space=S, aux=True, dataset=dataset)]
-        else:
-            out[m] = [exp.model(m, aux=True, dataset=dataset)]
-    return out
+    specs = method_specs(exp, dataset)
+    return {m: [exp.trained(spec) for spec in specs[m]] for m in methods}
 
 
-def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
+def table2_probs(exp: Experiment, dataset: str, methods: Iterable[str] = METHODS
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({method: member probabilities [T, N, C]}, labels [N]) on the evaluation subset of
     `dataset`. Cached in results/<profile>/_shared/probs_<dataset>.pt; a method is computed
@@ -106,12 +98,11 @@ def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
     path = exp.shared_dir / f"probs_{dataset}.pt"
     cache = torch.load(path, weights_only=False) if path.exists() else {}
     specs = method_specs(exp, dataset)
-    mc, batch = exp.profile.mc_samples, exp.profile.eval_batch
+    mc, batch = exp.profile.mc_samples, exp.profile.train.eval_batch
     changed = False
     for m in methods:
-        # The label sum tells apart two test sets of equal size (another copy of the data);
         # MC dropout's masks depend on the batch layout too.
-        key = dict(specs=[s.key for s in specs[m]], n=len(test), labels=test.labels.sum().item(),
+        key = dict(specs=[s.key for s in specs[m]], test=test.fingerprint(),
                    mc=(mc, batch) if m == "wrn-dropout" else None, seed=exp.seed)
         if m in cache and cache[m]["key"] == key:
             continue
@@ -123,7 +114,7 @@ def table2_probs(exp, dataset: str, methods: Iterable[str] = METHODS
     return {m: cache[m]["probs"] for m in methods}, test.labels
 
 
-def ood_set(exp, name: str, n: int) -> tuple[D.Split | None, str | None]:
+def ood_set(exp: Experiment, name: str, n: int) -> tuple[D.Split | None, str | None]:
     """(split, name) of the out-of-distribution test set: `name` (n images), else the local
     Fashion-MNIST stand-in, else (None, None). Every substitution is recorded by exp.note."""
     try:
@@ -186,4 +177,4 @@ def param_counts(models: dict[str, list[tuple[WiredNet, pd.DataFrame]]]) -> pd.S
 def _check_methods(methods: Iterable[str]) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise KeyError(f"unknown Table 2 method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown Table 2 method(s) {unknown}; choose from {', '.join(METHODS)}")

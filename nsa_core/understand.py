@@ -1,4 +1,4 @@
-"""Shared steps of the Secs. 3-4 notebooks (01 BN disparity, 02 instance-specific
+"""Understanding NSA (the paper's Secs. 3-4): shared steps of notebooks (01 BN disparity, 02 instance-specific
 architectures, 03 mode collapse, 04 unseen architectures): scores of seen architectures in
 either BN mode (cached, since 02 and 04 reuse what 01 and 02 computed) and the figures that
 more than one notebook draws.
@@ -11,28 +11,32 @@ from matplotlib.ticker import MaxNLocator
 import seaborn as sns
 import torch
 
+from typing import TYPE_CHECKING
+
 from . import evaluate
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 CURVES = (("loss", "train_loss", "test_loss"), ("accuracy", "train_acc", "test_acc"))
 
 
-def seen_scores(exp, kind: str, space: int, bn: str, n: int | None = None) -> pd.DataFrame:
+def seen_scores(exp: Experiment, kind: str, space: int, bn: str, n: int | None = None) -> pd.DataFrame:
     """Accuracy and loss (columns arch, acc, loss) of the first min(n, S) architectures of
     the training space of the `kind` model trained at S = `space`, on exp.test_set(), with BN
     in `bn` mode: 'train' in batches of the training batch size, one architecture each, as
     NSA trains; 'test' in mixed batches of profile.eval_batch. n defaults to profile.n_archs.
     Cached in results/<profile>/_shared, keyed by the model, the test set and the batches."""
-    p = exp.profile
+    p, r = exp.profile, exp.profile.train
     n = min(n or p.n_archs, space)
     test = exp.test_set()
-    batch = p.batch_size if bn == "train" else p.eval_batch
+    batch = r.batch_size if bn == "train" else r.eval_batch
     spec = exp.spec(kind, space=space)
-    path = exp.shared_dir / (f"scores_{spec.key}_{bn}_n{n}_t{len(test)}-{int(test.labels.sum())}"
-                              f"_b{batch}.csv")
+    path = exp.shared_dir / f"scores_{spec.key}_{bn}_n{n}_{test.fingerprint()}_b{batch}.csv"
     if path.exists():
         return pd.read_csv(path)
     model, _ = exp.model(kind, space=space)
-    scores = evaluate.arch_scores(model, test.images, test.labels, p.dataset, archs=torch.arange(n),
+    scores = evaluate.arch_scores(model, test.images, test.labels, r.dataset, archs=torch.arange(n),
                                   bn=bn, batch=batch)
     tmp = path.with_suffix(".tmp")
     scores.to_csv(tmp, index=False)
@@ -40,7 +44,7 @@ def seen_scores(exp, kind: str, space: int, bn: str, n: int | None = None) -> pd
     return scores
 
 
-def bn_mode_scores(exp, kind: str, spaces, n: int | None = None) -> pd.DataFrame:
+def bn_mode_scores(exp: Experiment, kind: str, spaces: tuple[int, ...], n: int | None = None) -> pd.DataFrame:
     """seen_scores in both BN modes for every S: columns S, bn ('train'/'test'), arch, acc, loss."""
     return pd.concat([seen_scores(exp, kind, S, bn, n).assign(S=S, bn=bn)
                       for S in spaces for bn in ("train", "test")], ignore_index=True)

@@ -1,0 +1,87 @@
+"""Checkpoints: the one atomic save every writer uses, the random state a resumed run needs,
+and loading with checks.
+
+A resumed run is the same run: a checkpoint holds the model, the optimiser, every random
+generator and the position in the epoch, so on the CPU the weights end bit-identical to an
+uninterrupted run's (same machine, same thread count).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a reader sees
+    the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:   # a failed save (disk full, unpicklable, a signal) leaves no temp file
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of writers that were killed before their rename."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def rotate(folder: Path, state: dict) -> None:
+    """Write `state` as checkpoint.pt, keeping the one before as checkpoint.prev.pt. Written
+    first under its final name's temporary, so a crash at any point leaves at least one
+    whole checkpoint; the rename of an absent file (another writer got there) is no error."""
+    cur, prev = folder / "checkpoint.pt", folder / "checkpoint.prev.pt"
+    try:
+        os.replace(cur, prev)
+    except FileNotFoundError:
+        pass
+    atomic_save(state, cur)
+
+
+def load_checkpoint(path: Path, spec: Any) -> dict:
+    """A checkpoint's state, or CheckpointError naming the file and what is wrong with it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or corrupt files fail in many ways inside torch.load
+        raise CheckpointError(f"checkpoint {path} could not be read "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    if not isinstance(state, dict) or "spec" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an nsa_core checkpoint")
+    if state["spec"] != spec.to_json():
+        raise CheckpointError(f"checkpoint {path} was written for another spec")
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite values in {bad[0]}")
+    return state
+
+
+def rng_state(gens: dict[str, torch.Generator]) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **{k: g.get_state() for k, g in gens.items()}}
+
+
+def set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in gens.items():
+        g.set_state(state[k])

@@ -1,0 +1,93 @@
+"""The machine a run uses: the device, the numeric precision, torch.compile of the nodes,
+and the process-wide memory setting. Nothing here runs at import; the entry points (the CLI,
+the trainer, `reproduce`, the benchmark) call what they need.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from contextlib import nullcontext
+from typing import ContextManager
+
+import torch
+
+from .network import WiredNet
+
+# glibc's own switches for the same setting, for processes this package does not start
+# (papermill's kernels inherit the environment): no mmap for large blocks, no trimming.
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
+def device(name: str | torch.device | None = None) -> torch.device:
+    """`name` checked ('cpu', 'cuda', 'cuda:1'), or CUDA when available, else the CPU.
+    A device that does not exist here is the user's error: ValueError in one line."""
+    if name is None or name == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(name)!r}; use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(name)!r}; use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(name)!r} asked for, but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(name)!r}: only {torch.cuda.device_count()} CUDA devices here")
+    return dev
+
+
+def autocast(dev: torch.device) -> ContextManager:
+    """bf16 autocast on CUDA (the trainer's deliberate difference from the authors' fp32,
+    for speed), fp32 on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+
+
+def compile_nodes(model: WiredNet, dev: torch.device) -> WiredNet:
+    """torch.compile every operation node (conv, dropout, BN) in place when $NSA_COMPILE is 1
+    (default: 1 on CUDA, 0 on CPU, where each model first waits about 25 s for the compiler
+    and NSA-id gains about 12 %, a fixed network 2 %; measured at width 1 on 2 cores).
+    Only the nodes: which inputs a node aggregates is a host-side choice per batch, a Python
+    branch that would recompile a whole-model graph."""
+    flag = os.environ.get("NSA_COMPILE", "1" if dev.type == "cuda" else "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"NSA_COMPILE must be 0 or 1, got {flag!r}")
+    if flag == "1":
+        # one cache entry per (stage width, train/eval, grad mode, BN mode) the run meets
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        for stage in model.stages:
+            for node in stage.nodes:
+                node.compile()
+    return model
+
+
+def keep_freed_memory() -> bool:
+    """Let this process keep the memory it frees (glibc only; NSA_MALLOC=0 opts out).
+
+    PyTorch's CPU tensors come straight from malloc, and glibc hands every block above
+    32 MiB back to the OS when it is freed, so the next one page-faults its way in again,
+    4 KiB at a time: at batch 128 a training step took 12,000-24,000 page faults, and a
+    640-image forward cost 1.7x per image what a 128-image forward did (`make bench` shows
+    the faults per step with and without). The price: the process keeps its peak memory
+    until it exits, which is why only the suite's entry points call this, never an import.
+    Returns whether the setting was applied."""
+    if sys.platform != "linux" or os.environ.get("NSA_MALLOC", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):   # not glibc
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    return True
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for processes the suite starts (notebook kernels, workers): the same
+    memory setting through glibc's tunables, unless NSA_MALLOC=0."""
+    env = dict(os.environ)
+    if env.get("NSA_MALLOC", "1") != "0" and "GLIBC_TUNABLES" not in env:
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+    return env
