@@ -63,6 +63,7 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)   # paths relative to results/<profile>/
     tables: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)    # keys of the specs this run asked for, in order
     _tests: dict[tuple[str, int | None], D.Split] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- models and data
@@ -76,6 +77,8 @@ class Experiment:
 
     def trained(self, spec: ModelSpec) -> tuple[WiredNet, pd.DataFrame]:
         """The model of `spec`, from the cache or trained now, and its history."""
+        if spec.key not in self.models:
+            self.models.append(spec.key)
         return get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=True)
 
     @property
@@ -139,7 +142,8 @@ class Experiment:
         """Write <out>/claims.json and return the claims as a table."""
         record = dict(notebook=self.notebook, profile=self.profile.name, seed=self.seed,
                       finished=time.strftime("%Y-%m-%d %H:%M:%S"), settings=self.profile.as_dict(),
-                      claims=self.claims, notes=self.notes, figures=self.figures, tables=self.tables)
+                      claims=self.claims, notes=self.notes, figures=self.figures, tables=self.tables,
+                      models=self.models)
         (self.out / "claims.json").write_text(json.dumps(record, indent=2, default=str))
         return pd.DataFrame(self.claims, columns=list(CLAIM_FIELDS))
 

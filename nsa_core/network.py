@@ -1,4 +1,4 @@
-"""The wired network (paper Sec. 2 "Network details", SPEC sections 2-3).
+"""The wired network (paper Sec. 2 "Network details").
 
 One class covers every model of the paper:
 - NSA / NSA-i: a training space of S wirings per stage, shared weights;
@@ -8,18 +8,23 @@ One class covers every model of the paper:
 The forward takes one architecture index per example, so NSA (the whole batch shares one
 index) and NSA-i (i.i.d. indices) are the same code. A batch that mixes architectures runs
 in one pass: every node aggregates its inputs with per-example coefficients, so there is no
-loop over examples or architectures, only over the nodes of the DAG.
+loop over examples or architectures, only over the nodes of the DAG. `Stage.forward` is the
+definition; `fast_stage` computes the same faster on the CPU (`NSA_STAGE`, `stage_impl`).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import os
 from dataclasses import dataclass, asdict
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fast_stage
 from . import space as wspace
 
 
@@ -44,9 +49,9 @@ class CondBN(nn.BatchNorm2d):
 
 
 class Node(nn.Module):
-    """The paper's operation node, ReLU -> 3x3 conv -> (dropout) -> BN. The ReLU is applied
-    by the stage, in place on the fresh aggregate, so that a node's autograd graph starts at
-    the ReLU's output, which the convolution saves anyway (no extra activation kept)."""
+    """The paper's operation node, ReLU -> 3x3 conv -> (dropout) -> BN. The stage applies the
+    ReLU, so that the fast stage can root a node's autograd graph at the ReLU's output, which
+    the convolution saves anyway (no extra activation kept)."""
 
     def __init__(self, channels: int, archs: int, dropout: float):
         super().__init__()
@@ -58,202 +63,79 @@ class Node(nn.Module):
         return self.bn(self.drop(self.conv(relu_x)), arch)
 
 
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] (any layout) as a [B, H, W, C] view or copy target."""
-    return t.permute(0, 2, 3, 1)
+@dataclass(frozen=True)
+class StageWiring:
+    """One stage's architecture for each example of a batch: `wiring` [B, N+1, N+1], 0/1 on
+    the host (row = consumer, column = producer), `coef` [B, N+1, N+1] the aggregation
+    coefficients on the device (zero where the wiring is), `means`: the coefficients are the
+    wiring's plain row means (no learned ones), so a lone input has coefficient 1."""
+    wiring: np.ndarray
+    coef: torch.Tensor
+    means: bool
 
 
-def _nchw(t: torch.Tensor) -> torch.Tensor:
-    """A [B, H, W, C] buffer slot seen as a channels_last [B, C, H, W] tensor (no copy)."""
-    return t.permute(0, 3, 1, 2)
+STAGE_IMPLS = ("auto", "fast", "reference")
+_forced_impl: contextvars.ContextVar[str | None] = contextvars.ContextVar("stage_impl", default=None)
 
 
-class _Gather:
-    """Which buffer rows each example's aggregate reads, as `F.embedding_bag` takes them.
-
-    A stage keeps its outputs in a buffer of N+1 slots of B examples, flattened to
-    [(N+1)·B, D] rows; row k·B + b is slot k of example b. Built on the host from the 0/1
-    wirings [B, N+1, N+1] (row = consumer): for consumer j, `index(j)` lists, example by
-    example, the rows i·B + b of the inputs example b's own wiring reads, `offsets(j)`
-    where each example's list starts, and `values(j)` the coefficients coef[b, j, i].
-    `transposed()` is the same for the backward: slot k's gradient gathers the aggregate
-    gradients of the rows that read it."""
-
-    def __init__(self, wiring: np.ndarray, coef: torch.Tensor, means: bool, transpose: bool = False):
-        B = len(wiring)
-        w = wiring.transpose(2, 0, 1) if transpose else wiring.transpose(1, 0, 2)  # [out, b, in]
-        out, b, inp = np.nonzero(w)
-        counts = w.sum(-1)                                                     # [out, B]
-        # unit[j]: every example's aggregate j is its slot j alone with coefficient 1 (plain
-        # means, a lone input), so the slot can be read as it is, without a gather pass.
-        # Transposed, slot k's lone reader is row k, whose coefficient is 1 if k is unit too.
-        rows = wiring.sum(-1).T if transpose else counts
-        self.unit = means & (counts == 1).all(1) & (rows == 1).all(1)
-        # direct[k]: slot k is read by unit row k alone, so it need not be copied into the
-        # buffer at all (the residual wiring's odd slots): row k takes the tensor as it is.
-        self.direct = self.unit & (wiring.sum(1) == 1).all(0) if not transpose else None
-        offsets = np.concatenate([np.zeros((len(w), 1), np.int64), np.cumsum(counts, 1)[:, :-1]], 1)
-        self.starts = np.concatenate([[0], np.cumsum(counts.sum(1))])
-        # one host-to-device copy for all five index lists (pinned on CUDA: no stream sync)
-        packed = torch.from_numpy(np.concatenate([inp * B + b, offsets.ravel(), b, out, inp]))
-        if coef.device.type == "cuda":
-            packed = packed.pin_memory()
-        packed = packed.to(coef.device, non_blocking=True)
-        nnz = len(b)
-        self._index, self._offsets, bt, ot, it = packed.split([nnz, offsets.size, nnz, nnz, nnz])
-        self._offsets = self._offsets.view(offsets.shape)
-        self.values_all = coef[bt, it, ot] if transpose else coef[bt, ot, it]
-        self._bag = bt
-        self.wiring, self.coef, self.means = wiring, coef, means
-
-    def index(self, j: int) -> torch.Tensor:
-        return self._index[self.starts[j]:self.starts[j + 1]]
-
-    def offsets(self, j: int) -> torch.Tensor:
-        return self._offsets[j]
-
-    def values(self, j: int) -> torch.Tensor:
-        return self.values_all[self.starts[j]:self.starts[j + 1]]
-
-    def bag(self, j: int) -> torch.Tensor:
-        return self._bag[self.starts[j]:self.starts[j + 1]]
-
-    def transposed(self) -> "_Gather":
-        return _Gather(self.wiring, self.coef, self.means, transpose=True)
+@contextlib.contextmanager
+def stage_impl(name: str) -> Iterator[None]:
+    """Compute every stage with implementation `name` ('auto', 'fast' or 'reference') inside
+    the block, whatever $NSA_STAGE says (tests compare the two this way)."""
+    _check_impl(name, "stage_impl")
+    token = _forced_impl.set(name)
+    try:
+        yield
+    finally:
+        _forced_impl.reset(token)
 
 
-def _relu_input(buf: torch.Tensor, gather: _Gather, j: int, held: torch.Tensor | None) -> torch.Tensor:
-    """ReLU of node j's aggregate, a fresh tensor: the buffer slots stay as they are. `held`
-    is slot j's tensor when it was not copied into the buffer (gather.direct[j])."""
-    if gather.direct[j]:
-        return F.relu(held)
-    if gather.unit[j]:
-        return F.relu(_nchw(buf[j]))
-    return F.relu_(_aggregate(buf, gather, j))
+def _check_impl(name: str, source: str) -> None:
+    if name not in STAGE_IMPLS:
+        raise ValueError(f"{source} must be one of {', '.join(STAGE_IMPLS)}, got {name!r}")
 
 
-def _aggregate(buf: torch.Tensor, gather: _Gather, j: int) -> torch.Tensor:
-    """Row j's aggregate of buffer `buf` [N+1, B, H, W, C]: each example's coefficient-weighted
-    sum of the rows its own wiring reads, in one fused gather-multiply-add; [B, C, H, W],
-    channels_last."""
-    rows = buf.flatten(0, 1).flatten(1)    # [(N+1)·B, D], a view
-    a = F.embedding_bag(gather.index(j), rows, gather.offsets(j), mode="sum",
-                        per_sample_weights=gather.values(j).to(buf.dtype))
-    return _nchw(a.view(buf.shape[1:]))
+def _chosen_stage_impl(device: torch.device) -> str:
+    """'fast' or 'reference': `stage_impl`'s choice, else $NSA_STAGE's (default 'auto').
+    'auto' is the fast path on the CPU, where it is measured faster, and the reference
+    elsewhere, where it has not been measured (see fast_stage's docstring)."""
+    name = _forced_impl.get()
+    if name is None:
+        name = os.environ.get("NSA_STAGE", "auto")
+        _check_impl(name, "NSA_STAGE")
+    if name == "auto":
+        return "fast" if device.type == "cpu" else "reference"
+    return name
 
 
 class Stage(nn.Module):
-    """N nodes wired by a DAG whose wiring and coefficients may differ per example.
-
-    The stage's outputs live in one buffer of N+1 slots [N+1, B, H, W, C] (slot 0 the
-    stage input, slot k node k-1's output). Node j's aggregate reads, for each example, only
-    the slots that example's own wiring connects, through `F.embedding_bag` (one fused
-    gather-multiply-add over the rows): a batch of 128 different architectures costs what a
-    batch of one costs, about 2.2 inputs per node for ER-0.3 wirings, where a dense
-    per-input multiply-add would read every input some example in the batch uses, i.e. all
-    of them (that made NSA-i 14 % slower than a fixed network). The backward gathers the
-    other way round; see `_WiredStage`."""
+    """N nodes wired by a DAG whose wiring and coefficients may differ per example."""
 
     def __init__(self, channels: int, nodes: int, archs: int, dropout: float):
         super().__init__()
         self.nodes = nn.ModuleList(Node(channels, archs, dropout) for _ in range(nodes))
 
-    def forward(self, x: torch.Tensor, gather: _Gather, arch: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gather: StageWiring, arch: torch.Tensor | None) -> torch.Tensor:
         """x: [B, C, H, W]; gather: the stage's per-example wirings and coefficients (row =
-        consumer, the last row the stage output); arch: per-example indices for conditional BN."""
-        params = [p for node in self.nodes for p in node.parameters()]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gather.values_all, *params)):
-            return _WiredStage.apply(x, gather.values_all, gather, self, arch, *params)
-        buf = _buffer(x, gather)
-        held = x
-        for j, node in enumerate(self.nodes):
-            held = _store(buf, gather, j + 1, node(_relu_input(buf, gather, j, held), arch))
-        return _output(buf, gather, held)
+        consumer, the last row the stage output); arch: per-example indices for conditional BN.
 
-
-def _buffer(x: torch.Tensor, gather: _Gather) -> torch.Tensor:
-    B, C, H, W = x.shape
-    buf = x.new_empty(len(gather.unit), B, H, W, C)
-    _store(buf, gather, 0, x)
-    return buf
-
-
-def _store(buf: torch.Tensor, gather: _Gather, k: int, y: torch.Tensor) -> torch.Tensor:
-    """Put slot k's tensor in the buffer unless only its own unit row reads it; returns it."""
-    if not gather.direct[k]:
-        buf[k].copy_(_nhwc(y))
-    return y
-
-
-def _output(buf: torch.Tensor, gather: _Gather, held: torch.Tensor) -> torch.Tensor:
-    n = len(buf) - 1
-    if gather.direct[n]:     # the last node's output alone, e.g. the plain chain
-        return held
-    return _aggregate(buf, gather, n)
-
-
-class _WiredStage(torch.autograd.Function):
-    """A stage's forward and backward with the aggregation done by hand.
-
-    Autograd would record every read of the shared buffer as a slice of it and give each
-    reader a gradient the size of the whole buffer. Instead the forward runs each node in
-    its own small graph, rooted at a leaf that holds the ReLU of its aggregate, and keeps
-    only the graph's output edge (the output's values live in the buffer). Backward walks
-    the nodes in reverse: slot k's gradient gathers the gradients of the aggregates that
-    read it (the transposed wiring) and goes through node k-1's graph, which gives the
-    gradient of that node's aggregate and of its parameters. The parameters are inputs of
-    this function, so autograd treats them as usual: loss.backward() accumulates their
-    .grad, torch.autograd.grad(loss, x) leaves them alone, and a parameter that does not
-    require grad is not differentiated at all."""
-
-    @staticmethod
-    def forward(ctx, x, values, gather, stage, arch, *params):
-        buf = _buffer(x, gather)
-        held = x
-        leaves, edges = [], []
-        for j, node in enumerate(stage.nodes):
-            r = _relu_input(buf, gather, j, held).requires_grad_()
-            with torch.enable_grad():
-                y = node(r, arch)
-            held = _store(buf, gather, j + 1, y.detach())
-            leaves.append(r)
-            edges.append(torch.autograd.graph.get_gradient_edge(y))
-        out = _output(buf, gather, held)
-        ctx.leaves, ctx.edges, ctx.gather, ctx.shape, ctx.params = leaves, edges, gather, buf.shape, params
-        ends = np.cumsum([len(list(node.parameters())) for node in stage.nodes])
-        ctx.owned = [range(end - n, end) for end, n in zip(ends, np.diff(ends, prepend=0))]  # node j's params
-        # the coefficients' gradient reads the outputs again (NSA-id)
-        ctx.save_for_backward(buf if ctx.needs_input_grad[1] else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (buf,) = ctx.saved_tensors
-        fwd, n1 = ctx.gather, len(ctx.leaves) + 1
-        bwd = fwd.transposed()
-        g = grad_out.new_empty(ctx.shape)          # g[j]: gradient of row j's aggregate
-        g[n1 - 1].copy_(_nhwc(grad_out))
-        gvals = [] if buf is not None else None
-        gparams: list[torch.Tensor | None] = [None] * len(ctx.params)
-        for k in range(n1 - 1, -1, -1):
-            if gvals is not None:   # d loss / d coef[b, k, i] = <grad a[k, b], buf[i, b]>, per gathered row
-                gvals.append(torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                    g[k].flatten(1), buf.flatten(0, 1).flatten(1), fwd.index(k), fwd.offsets(k), fwd.bag(k), 0))
-            if k == 0:   # the stage input's gradient
-                gk = _aggregate(g, bwd, k)
-                break
-            gk = _nchw(g[k]) if bwd.unit[k] else _aggregate(g, bwd, k)
-            r = ctx.leaves[k - 1]
-            owned = ctx.owned[k - 1]
-            wanted = [i for i in owned if ctx.needs_input_grad[5 + i]]
-            grads = torch.autograd.grad(ctx.edges[k - 1], [r] + [ctx.params[i] for i in wanted], gk,
-                                        allow_unused=True)
-            for i, gp in zip(wanted, grads[1:]):
-                gparams[i] = gp
-            torch.ops.aten.threshold_backward.grad_input(grads[0], r, 0, grad_input=_nchw(g[k - 1]))
-            ctx.leaves[k - 1] = ctx.edges[k - 1] = None   # free the node's graph and activations
-        gvalues = None if gvals is None else torch.cat(gvals[::-1]).to(fwd.values_all.dtype)
-        return (gk, gvalues, None, None, None, *gparams)
+        Slot 0 holds the stage input, slot k node k-1's output. Node j's input is, for each
+        example, the sum over slots i of coef[b, j, i] x slot i; a slot no example of the
+        batch reads is skipped. The stage output is the last row's sum, without a ReLU (the
+        transition and the head apply their own). `fast_stage` computes the same faster
+        where `NSA_STAGE` chooses it (see `stage_impl`)."""
+        if _chosen_stage_impl(x.device) == "fast":
+            return fast_stage.stage_forward(self.nodes, x, gather, arch)
+        coef = gather.coef.to(x.dtype)
+        read = gather.wiring.any(0)    # read[j, i]: some example's row j reads slot i
+        slots = [x]                    # slot 0: the stage input; slot k: node k-1's output
+        for j in range(len(self.nodes) + 1):
+            # a slot that no example reads would only add zeros
+            terms = [coef[:, j, i, None, None, None] * slots[i] for i in np.flatnonzero(read[j])]
+            a = sum(terms[1:], start=terms[0])
+            if j == len(self.nodes):
+                return a               # no ReLU: the transition and the head apply their own
+            slots.append(self.nodes[j](F.relu(a), arch))
 
 
 class Transition(nn.Module):
@@ -369,7 +251,7 @@ class WiredNet(nn.Module):
         h = self.stem_bn(self.stem(x), bn_arch)
         aux = None
         for s, stage in enumerate(self.stages):
-            h = stage(h, _Gather(wiring[:, s], coef[:, s], means=self.agg is None), bn_arch)
+            h = stage(h, StageWiring(wiring[:, s], coef[:, s], means=self.agg is None), bn_arch)
             if s < 2:
                 h = self.transitions[s](h, bn_arch)
             if s == 1 and with_aux and self.aux is not None:
@@ -463,4 +345,5 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["NetConfig", "WiredNet", "CondBN", "bn_mode", "mc_dropout", "frozen", "count_params", "asdict"]
+__all__ = ["NetConfig", "WiredNet", "CondBN", "StageWiring", "stage_impl", "bn_mode", "mc_dropout", "frozen",
+           "count_params", "asdict"]

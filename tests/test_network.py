@@ -1,5 +1,5 @@
-"""The wired network (SPEC sections 2-3): per-example architectures, NSA-id weights,
-explicit wirings, parameter counts, BN / MC-dropout evaluation switches."""
+"""The wired network: per-example architectures, NSA-id weights, explicit wirings, parameter
+counts, BN / MC-dropout evaluation switches, the fast stage against the reference one."""
 import copy
 
 import numpy as np
@@ -8,8 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nsa_core import fast_stage
 from nsa_core import space as sp
-from nsa_core.network import CondBN, NetConfig, WiredNet, bn_mode, count_params, mc_dropout
+from nsa_core.network import (CondBN, NetConfig, WiredNet, bn_mode, count_params, frozen, mc_dropout,
+                              stage_impl)
 
 NODES = 4
 B = 7
@@ -74,10 +76,11 @@ def _flags(model):
     dict(cond_bn=True, cond_agg=True, aux=True),       # NSA-id
     dict(cond_agg=True),                               # NSA-id, aggregation only
 ], ids=["nsa-i", "nsa-id", "agg-only"])
-def test_mixed_batch_equals_per_example(cfg):
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_mixed_batch_equals_per_example(cfg, impl):
     model, _ = _net(**cfg)
     x, arch = _x(), torch.tensor(ARCH)
-    with torch.no_grad():
+    with torch.no_grad(), stage_impl(impl):
         out, aux = model(x, arch, with_aux=True)
         for b in range(B):
             ob, ab = model(x[b:b + 1], torch.tensor([ARCH[b]]), with_aux=True)
@@ -366,36 +369,11 @@ def test_float64():
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
 
 
-# ------------------------------------------------------ the hand-written stage backward
+# ------------------------------------------------------ the fast stage against the reference
 
-def _reference_forward(model: WiredNet, x: torch.Tensor, arch: torch.Tensor) -> torch.Tensor:
-    """The paper's network written the obvious way, with autograd doing all the work: every
-    node's input is the coefficient-weighted sum of the outputs before it."""
-    coef = model.norm_space[arch]
-    if model.agg is not None:
-        coef = coef * torch.sigmoid(model.agg[arch])
-    bn_arch = arch if model.cfg.cond_bn else None
-    h = model.stem_bn(model.stem(x), bn_arch)
-    for s, stage in enumerate(model.stages):
-        outs = [h]
-        for j in range(len(stage.nodes) + 1):
-            a = sum(coef[:, s, j, i, None, None, None] * outs[i] for i in range(j + 1))
-            if j == len(stage.nodes):
-                h = a
-            else:
-                outs.append(stage.nodes[j](F.relu(a), bn_arch))
-        if s < 2:
-            h = model.transitions[s](h, bn_arch)
-    return model.fc(F.adaptive_avg_pool2d(F.relu(h), 1).flatten(1))
-
-
-@pytest.mark.parametrize("cfg", [dict(), dict(cond_bn=True, cond_agg=True), "residual", "chain"],
-                         ids=["nsa-i", "nsa-id", "residual", "chain"])
-def test_stage_backward_equals_autograd_reference(cfg):
-    """Loss and every gradient (weights, BN affine, per-architecture coefficients and BN
-    weights, the input) of the hand-written stage backward equal plain autograd through
-    the obvious implementation, in float64, with BN in training mode and a mixed batch
-    (fixed wirings: rows and columns that skip the gather, slots kept out of the buffer)."""
+def _pair(cfg):
+    """A model for `cfg` (a config, or a fixed 'residual' / 'chain' wiring), its architecture
+    indices (mixed for a space), and an identical copy: one to run each stage path."""
     if cfg in ("residual", "chain"):
         wiring = sp.residual_wiring(NODES) if cfg == "residual" else sp.chain_wiring(NODES)
         model = WiredNet(np.stack([wiring] * 3), NetConfig(width=0.5, nodes=NODES)).double()
@@ -404,28 +382,99 @@ def test_stage_backward_equals_autograd_reference(cfg):
     else:
         model, _ = _net(S=5, **cfg)
         arch = torch.tensor(ARCH)
-    ref = copy.deepcopy(model)
-    model.train(), ref.train()
-    y = torch.arange(B) % 10
+    return model, copy.deepcopy(model), arch
+
+
+def _loss(model, impl, x, arch):
+    with stage_impl(impl):
+        return F.cross_entropy(model(x, arch), torch.arange(len(x)) % 10)
+
+
+PATHS = [dict(), dict(cond_bn=True, cond_agg=True), "residual", "chain"]
+PATH_IDS = ["nsa-i", "nsa-id", "residual", "chain"]
+
+
+@pytest.mark.parametrize("cfg", PATHS, ids=PATH_IDS)
+def test_fast_stage_equals_reference_in_training(cfg):
+    """Loss and every gradient (input, weights, BN affine, per-architecture coefficients and
+    BN weights) and the BN running statistics of the fast stage equal those of
+    `Stage.forward`'s reference definition, in float64, BN in training mode, a mixed batch
+    (fixed wirings: unit rows that skip the gather, slots kept out of the buffer)."""
+    fast, ref, arch = _pair(cfg)
+    fast.train(), ref.train()
     xs = [_x().requires_grad_() for _ in range(2)]
-    F.cross_entropy(model(xs[0], arch), y).backward()
-    F.cross_entropy(_reference_forward(ref, xs[1], arch), y).backward()
+    losses = [_loss(m, impl, x, arch) for m, impl, x in ((fast, "fast", xs[0]), (ref, "reference", xs[1]))]
+    for loss in losses:
+        loss.backward()
+    _close(losses[0], losses[1])
     _close(xs[0].grad, xs[1].grad)
-    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+    grads = 0
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9, msg=name)
-    for (name, b), c in zip(model.named_buffers(), ref.buffers()):   # BN ran once per node
+            grads += 1
+    assert grads == len(list(fast.parameters()))
+    if fast.agg is not None:   # the coefficients do get a gradient (a zero one would pass too)
+        assert fast.agg.grad.abs().amax() > 1e-4
+    for (name, b), c in zip(fast.named_buffers(), ref.buffers()):   # BN ran once per node
         torch.testing.assert_close(b.double(), c.double(), rtol=1e-9, atol=1e-9, msg=name)
-    # torch.autograd.grad sees through a stage too: the parameters are inputs of its function
-    reference = {name: p.grad for name, p in ref.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    model.eval(), ref.eval()   # BN by running statistics: a second forward sees the same ones
-    names = list(reference)
-    params = dict(model.named_parameters())
-    grads = torch.autograd.grad(F.cross_entropy(model(xs[0], arch), y), [params[n] for n in names])
-    ref.zero_grad(set_to_none=True)
-    F.cross_entropy(_reference_forward(ref, xs[1], arch), y).backward()
-    assert all(p.grad is None for p in model.parameters())
-    for name, g in zip(names, grads):
-        torch.testing.assert_close(g, dict(ref.named_parameters())[name].grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("cfg", PATHS, ids=PATH_IDS)
+def test_fast_stage_equals_reference_autograd_grad(cfg):
+    """torch.autograd.grad sees through a fast stage (its parameters are inputs of its
+    function), leaves .grad alone, and with the parameters frozen in eval mode (an attack's
+    input gradient) differentiates the input alone; both as the reference does."""
+    fast, ref, arch = _pair(cfg)
+    fast.eval(), ref.eval()
+    x = _x().requires_grad_()
+    names = [n for n, _ in fast.named_parameters()]
+    got = torch.autograd.grad(_loss(fast, "fast", x, arch), list(fast.parameters()) + [x])
+    want = torch.autograd.grad(_loss(ref, "reference", x, arch), list(ref.parameters()) + [x])
+    assert all(p.grad is None for p in fast.parameters())
+    for name, g, h in zip(names + ["x"], got, want):
+        torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-9, msg=name)
+    with frozen(fast), frozen(ref):
+        (gx,) = torch.autograd.grad(_loss(fast, "fast", x, arch), x)
+        (hx,) = torch.autograd.grad(_loss(ref, "reference", x, arch), x)
+    _close(gx, hx)
+    assert all(p.requires_grad and p.grad is None for p in fast.parameters())
+
+
+def test_fast_stage_backward_twice_is_an_error():
+    model, _, arch = _pair(dict())
+    loss = _loss(model.train(), "fast", _x().requires_grad_(), arch)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="first backward"):
+        loss.backward()
+
+
+def test_stage_impl_choice(monkeypatch):
+    """NSA_STAGE picks the path ('auto': the fast one on the CPU), stage_impl overrides it,
+    and unknown names are refused."""
+    calls = []
+    real = fast_stage.stage_forward
+    monkeypatch.setattr(fast_stage, "stage_forward", lambda *a: calls.append(1) or real(*a))
+    model, _ = _net(S=3, nodes=3, width=0.25, double=False, randomise=False)
+    x = _x(2, torch.float32)
+
+    def fast_calls():
+        calls.clear()
+        with torch.no_grad():
+            model(x, 0)
+        return len(calls)
+
+    for env, want in (("auto", 3), ("fast", 3), ("reference", 0)):
+        monkeypatch.setenv("NSA_STAGE", env)
+        assert fast_calls() == want, env
+        with stage_impl("fast" if want == 0 else "reference"):
+            assert fast_calls() == 3 - want, env
+    monkeypatch.delenv("NSA_STAGE")
+    assert fast_calls() == 3
+    monkeypatch.setenv("NSA_STAGE", "slow")
+    with pytest.raises(ValueError, match="NSA_STAGE must be one of auto, fast, reference"):
+        fast_calls()
+    with pytest.raises(ValueError, match="stage_impl must be one of"):
+        with stage_impl("Fast"):
+            pass
