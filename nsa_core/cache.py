@@ -4,8 +4,11 @@ trains a missing one, so every notebook that needs the same model shares one tra
 """
 from __future__ import annotations
 
+import fcntl
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import torch
@@ -20,6 +23,27 @@ from .train import train
 
 def model_dir(spec: ModelSpec, root: Path | str | None = None) -> Path:
     return paths.models_dir(root) / spec.key
+
+
+@contextmanager
+def model_lock(folder: Path) -> Iterator[bool]:
+    """Hold the lock of one model folder: two processes that need the same model never
+    train it at once; the second waits (and says so), then finds the model finished. An OS
+    file lock (flock), so a lock of a killed process dies with it. Yields whether it waited."""
+    locks = paths.writable_folder(folder.parent / ".locks", "models folder")
+    with open(locks / f"{folder.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            tqdm.write(f"nsa: another process is training {folder.name}; waiting for it ({folder})",
+                       file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_trained(folder: Path, device=None) -> tuple[WiredNet, pd.DataFrame, ModelSpec]:
@@ -37,11 +61,12 @@ def get_or_train(spec: ModelSpec, root: Path | str | None = None, data_dir=None,
     """Load a finished model, resume an unfinished one, or train a missing one."""
     runtime.device(device)   # a device that does not exist is the user's error, never a retrain
     folder = model_dir(spec, root)
-    if (folder / "model.pt").exists():
-        try:
-            model, hist, _ = load_trained(folder, device)
-            return model, hist
-        except Exception as e:  # a damaged final file: say so and train again
-            tqdm.write(f"nsa: could not load {folder / 'model.pt'} ({type(e).__name__}); training again",
-                       file=sys.stderr)
-    return train(spec, folder, data_dir, device, progress)
+    with model_lock(folder):
+        if (folder / "model.pt").exists():
+            try:
+                model, hist, _ = load_trained(folder, device)
+                return model, hist
+            except Exception as e:  # a damaged final file: say so and train again
+                tqdm.write(f"nsa: could not load {folder / 'model.pt'} ({type(e).__name__}); training again",
+                           file=sys.stderr)
+        return train(spec, folder, data_dir, device, progress)
