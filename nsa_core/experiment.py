@@ -3,8 +3,11 @@ models, the evaluation subset, and a record of the claims the notebook tests.
 
     exp = setup("01_bn_disparity", profile=PROFILE, data_dir=DATA_DIR, results_dir=RESULTS_DIR)
     model, hist = exp.model("nsa", space=500)
-    exp.claim("...", paper="...", reproduced=f"{x:.3f}", verdict=exp.verdict(x > y), rule="x > y")
+    d = claims.mean_difference(correct_a, correct_b)          # paired over test images
+    exp.claim("...", paper="...", reproduced=f"a - b = {d}", verdict=claims.verdict(d), rule="...")
     exp.finish()   # -> results/<profile>/<notebook>/claims.json, read by REPORT.md
+
+Verdicts, kinds of claims and their thresholds live in claims.py.
 
 Folders follow paths.py's one rule: relative paths resolve against the repository root, so
 a notebook runs the same from notebooks/ (papermill, Jupyter) as from anywhere else.
@@ -25,16 +28,32 @@ from tqdm import tqdm
 
 from . import data as D
 from . import paths, runtime
+from .claims import (BEYOND, FAILS, HOLDS, INCONCLUSIVE, KINDS, NOT_COMPARABLE, PAPER_CLAIM, SANITY, VERDICTS,
+                     markdown_table, tally_sentence)
 from .cache import get_or_train
 from .config import ModelSpec
 from .network import WiredNet
-from .profiles import Profile, get_profile
+from .profiles import Profile, at_paper_scale, get_profile
 
-HOLDS = "holds"
-FAILS = "does not hold"
-NOT_COMPARABLE = "not comparable at this profile"
-VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE)
-CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule")
+__all__ = ["Experiment", "setup", "CLAIM_FIELDS", "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_COMPARABLE",
+           "VERDICTS", "KINDS", "PAPER_CLAIM", "BEYOND", "SANITY"]
+CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule", "kind")
+
+
+def relative_text(text: str) -> str:
+    """`text` with the repository's absolute path and the home folder taken out, so that what a
+    run writes reads the same on every machine."""
+    root = str(paths.repo_root())
+    return text.replace(root + os.sep, "").replace(root, ".").replace(os.path.expanduser("~"), "~")
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _show(text: str) -> None:
@@ -64,6 +83,7 @@ class Experiment:
     figures: list[str] = field(default_factory=list)   # paths relative to results/<profile>/
     tables: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)    # keys of the specs this run asked for, in order
+    knobs: dict[str, tuple[Any, Any]] = field(default_factory=dict)   # notebook knob -> (value, paper's)
     _tests: dict[tuple[str, int | None], D.Split] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- models and data
@@ -79,7 +99,28 @@ class Experiment:
         """The model of `spec`, from the cache or trained now, and its history."""
         if spec.key not in self.models:
             self.models.append(spec.key)
-        return get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=True)
+        if not _in_notebook():
+            return get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=True)
+        # A kernel's progress bar lands in the executed notebook as one output per redraw: a
+        # notebook gets one line per model instead.
+        t0 = time.time()
+        model, hist = get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=False)
+        took = time.time() - t0
+        what = f"trained in {took:.0f} s" if took > 5 else "from the model cache"
+        print(f"{spec.kind} S={spec.space}{' ' + spec.semi if spec.semi else ''}: {what}")
+        return model, hist
+
+    # ------------------------------------------------------------------ knobs and scale
+    def knob(self, name: str, value: Any, paper_value: Any) -> Any:
+        """Record a notebook setting (and the paper's value of it): it goes to claims.json and
+        into `paper_scale`. Returns `value`."""
+        self.knobs[name] = (value, paper_value)
+        return value
+
+    @property
+    def paper_scale(self) -> bool:
+        """Whether the profile and every recorded knob are the paper's."""
+        return at_paper_scale(self.profile, self.knobs)
 
     @property
     def shared_dir(self) -> Path:
@@ -121,31 +162,43 @@ class Experiment:
     # ----------------------------------------------------------------------- claims
     @staticmethod
     def verdict(holds: bool, comparable: bool = True) -> str:
+        """The verdict of an exact check (no sampling noise: a parameter count, a sanity
+        check). A reproduced number with noise takes claims.verdict on its interval."""
         if not comparable:
             return NOT_COMPARABLE
         return HOLDS if holds else FAILS
 
-    def claim(self, statement: str, paper: str, reproduced: str, verdict: str, rule: str) -> None:
-        """Record one tested statement: what the paper reports, what this run measured, and
-        the rule that turned the measurement into the verdict."""
+    def claim(self, statement: str, paper: str, reproduced: str, verdict: str, rule: str,
+              kind: str = PAPER_CLAIM) -> None:
+        """Record one tested statement: what the paper reports, what this run measured (with
+        its interval), the rule that turned the measurement into the verdict, and its kind
+        (a paper claim, beyond the paper, or a sanity check)."""
         if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS} (use exp.verdict(...)), got {verdict!r}")
-        self.claims.append(dict(zip(CLAIM_FIELDS, (statement, paper, reproduced, verdict, rule))))
+            raise ValueError(f"verdict must be one of {VERDICTS} (use claims.verdict(...)), got {verdict!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        values = (statement, paper, reproduced, verdict, rule, kind)
+        self.claims.append(dict(zip(CLAIM_FIELDS, (relative_text(str(v)) for v in values))))
 
     def note(self, text: str) -> None:
         """Something the reader must know about this run (a data set that was missing, a
         deviation forced by the profile); it goes to claims.json and REPORT.md."""
+        text = relative_text(text)
         self.notes.append(text)
         _show(f"**Note:** {text}")
 
     def finish(self) -> pd.DataFrame:
-        """Write <out>/claims.json and return the claims as a table."""
+        """Write <out>/claims.json, show the claims as a markdown table (in full) and return
+        them as a DataFrame."""
         record = dict(notebook=self.notebook, profile=self.profile.name, seed=self.seed,
                       finished=time.strftime("%Y-%m-%d %H:%M:%S"), settings=self.profile.as_dict(),
-                      claims=self.claims, notes=self.notes, figures=self.figures, tables=self.tables,
-                      models=self.models)
+                      knobs={k: dict(value=v, paper=p) for k, (v, p) in self.knobs.items()},
+                      paper_scale=self.paper_scale, claims=self.claims, notes=self.notes,
+                      figures=self.figures, tables=self.tables, models=self.models)
         (self.out / "claims.json").write_text(json.dumps(record, indent=2, default=str))
-        return pd.DataFrame(self.claims, columns=list(CLAIM_FIELDS))
+        table = pd.DataFrame(self.claims, columns=list(CLAIM_FIELDS))
+        _show(f"**{tally_sentence(table)}.**\n\n" + markdown_table(table))
+        return table
 
 
 def setup(notebook: str, profile: str | Profile | None = None, data_dir: str | Path | None = None,

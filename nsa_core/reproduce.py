@@ -21,7 +21,9 @@ from urllib.parse import quote
 import pandas as pd
 
 from . import runtime
-from .experiment import CLAIM_FIELDS, HOLDS, FAILS, NOT_COMPARABLE
+from .claims import (CONFIDENCE, FAILS, HOLDS, INCONCLUSIVE, KINDS, N_RESAMPLES, NOT_COMPARABLE,
+                     PAPER_CLAIM, tally)
+from .experiment import CLAIM_FIELDS
 from .paths import repo_root, results_dir
 from .profiles import get_profile
 
@@ -190,6 +192,29 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _tally_lines(claims: pd.DataFrame) -> list[str]:
+    """The verdict counts, the paper's claims apart from the rest."""
+    t = tally(claims)
+    lines = []
+    for kind in KINDS:
+        if kind in t.index:
+            row = t.loc[kind]
+            lines.append(f"- **{kind}s: {row.sum()}**: {row[HOLDS]} hold, {row[FAILS]} do not hold, "
+                         f"{row[INCONCLUSIVE]} inconclusive, {row[NOT_COMPARABLE]} not comparable at this profile")
+    return [f"**{len(claims)} claims tested.**", "", *lines] if lines else ["No claims recorded."]
+
+
+def _verdict_legend() -> list[str]:
+    return [f"Every reproduced number that decides a verdict carries a {100 * CONFIDENCE:g} % bootstrap interval "
+            f"({N_RESAMPLES} resamples of the test images, or of the architectures where the number is over "
+            "architectures; orderings are paired on the same test images). A verdict is taken on the interval of "
+            f"the difference in the paper's direction: *{HOLDS}* (it excludes zero on the paper's side), "
+            f"*{FAILS}* (it excludes zero on the other side), *{INCONCLUSIVE}* (it includes zero), or "
+            f"*{NOT_COMPARABLE}* (absolute levels away from the paper's scale; claims about trained models "
+            "where the compared models did not converge). The rule says how each was judged; the kind "
+            "separates the paper's claims from those beyond the paper and from sanity checks."]
+
+
 def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, float] | None = None) -> Path:
     """Write <results_dir>/<profile>/REPORT.md and claims.csv from the notebooks' claims.json.
     `timings` (notebook -> seconds) defaults to the ones saved by the last runs."""
@@ -199,19 +224,19 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
         timings = json.loads(path.read_text()) if path.is_file() else {}
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/claims.json"))]
 
-    rows = [{"notebook": r["notebook"], **{k: c[k] for k in CLAIM_FIELDS}} for r in records for c in r["claims"]]
+    # claims.json of older runs has no kind: they were all counted as paper claims
+    rows = [{"notebook": r["notebook"], **{k: c.get(k, PAPER_CLAIM) for k in CLAIM_FIELDS}}
+            for r in records for c in r["claims"]]
     claims = pd.DataFrame(rows, columns=["notebook", *CLAIM_FIELDS])
     claims.to_csv(folder / "claims.csv", index=False)
 
     settings = records[0]["settings"] if records else get_profile(profile_name).as_dict()
     differing = sorted({r["notebook"] for r in records if r["settings"] != settings})
-    counts = claims.verdict.value_counts()
 
     md = [f"# NSA replication report: profile `{profile_name}`", "",
           f"Written {time.strftime('%Y-%m-%d %H:%M')}. Paper: *Understanding and Exploring the Network "
           "with Stochastic Architectures* (NeurIPS 2020).", "",
-          f"**{len(claims)} claims tested: {counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} do not hold, "
-          f"{counts.get(NOT_COMPARABLE, 0)} not comparable at this profile.**", "",
+          *_tally_lines(claims), "",
           "## Hardware", "", *[f"- {line}" for line in _hardware()], "",
           "## Wall time", ""]
     if timings:
@@ -224,9 +249,11 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     if differing:
         md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
                "(an earlier run with other --set values); rerun them to make the report consistent."]
-    md += ["", "## Claims", "",
-           f"Verdicts: *{HOLDS}*, *{FAILS}*, or *{NOT_COMPARABLE}* (absolute numbers from a profile far "
-           "smaller than the paper's). The rule says how the reproduced numbers were judged.", ""]
+    knobs = [[r["notebook"], k, v["value"], v["paper"]] for r in records for k, v in r.get("knobs", {}).items()]
+    if knobs:
+        md += ["", "Notebook settings (they enter the paper-scale test too):", ""]
+        md += _table(knobs, ["notebook", "setting", "this run", "paper"])
+    md += ["", "## Claims", "", *_verdict_legend(), ""]
     md += _table(claims.values.tolist(), list(claims.columns))
     notes = [(r["notebook"], n) for r in records for n in r["notes"]]
     md += ["", "## Notes", ""]
@@ -261,8 +288,11 @@ def update_readme(profile_name: str, results_dir: str | Path, readme: Path | Non
     block = [start, "",
              f"Generated from [results/{profile_name}/REPORT.md](results/{profile_name}/REPORT.md) "
              f"(total wall time {_minutes(sum(timings.values()))}; hardware and settings there).", ""]
-    block += _table(claims[["notebook", "statement", "paper", "reproduced", "verdict"]].values.tolist(),
-                    ["notebook", "statement", "paper", "reproduced", "verdict"])
+    if "kind" not in claims:
+        claims["kind"] = PAPER_CLAIM
+    block += _tally_lines(claims) + [""]
+    block += _table(claims[["notebook", "statement", "paper", "reproduced", "verdict", "kind"]].values.tolist(),
+                    ["notebook", "statement", "paper", "reproduced", "verdict", "kind"])
     block += ["", end]
     head, rest = text.split(start, 1)
     readme.write_text(head + "\n".join(block) + rest.split(end, 1)[1])

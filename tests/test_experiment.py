@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from nsa_core import data as D
-from nsa_core.experiment import FAILS, HOLDS, NOT_COMPARABLE, setup
+from nsa_core.experiment import FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, SANITY, setup
 from nsa_core.paths import repo_root
 from nsa_core.reproduce import select_notebooks, write_report
 
@@ -60,8 +60,26 @@ def test_claims_figures_tables_and_notes_land_in_claims_json(exp):
     assert [c["verdict"] for c in record["claims"]] == [HOLDS, NOT_COMPARABLE]
     assert record["figures"] == ["99_try/curve.png"] and record["tables"] == ["99_try/numbers.csv"]
     assert record["notes"] == ["a data set was missing"]
-    assert list(table.columns) == ["statement", "paper", "reproduced", "verdict", "rule"]
+    assert list(table.columns) == ["statement", "paper", "reproduced", "verdict", "rule", "kind"]
     assert exp.verdict(False) == FAILS
+    assert record["knobs"] == {} and record["paper_scale"] is False
+
+
+def test_knobs_are_recorded_and_enter_the_paper_scale_test(exp):
+    assert exp.knob("N_BINS", 10, 15) == 10
+    assert not exp.paper_scale
+    exp.finish()
+    record = json.loads((exp.out / "claims.json").read_text())
+    assert record["knobs"] == {"N_BINS": {"value": 10, "paper": 15}}
+
+
+def test_claims_and_notes_carry_no_absolute_paths_and_a_kind(exp):
+    exp.claim("s", "p", f"read {repo_root() / 'data'}", INCONCLUSIVE, "r", kind=SANITY)
+    exp.note(f"missing {repo_root() / 'data' / 'svhn'}")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        exp.claim("s", "p", "r", HOLDS, "r", kind="opinion")
+    assert exp.claims[0]["reproduced"] == "read data" and exp.claims[0]["kind"] == SANITY
+    assert exp.notes == ["missing data/svhn"]
 
 
 def test_claim_rejects_a_made_up_verdict(exp):
@@ -85,10 +103,10 @@ def test_write_report_gathers_every_notebook(exp, tmp_path):
     path = write_report("smoke", tmp_path, {"99_try": 75.0})
     text = path.read_text()
     assert path == tmp_path / "smoke" / "REPORT.md"
-    assert "| 99_try | a \\| b | p | r | holds | rule |" in text      # pipes escaped in cells
+    assert "| 99_try | a \\| b | p | r | holds | rule | paper claim |" in text      # pipes escaped in cells
     assert "![fig a](99_try/fig%20a.png)" in text and "- 99_try: note one" in text
     assert "| 99_try | 1.2 min |" in text and "| n_archs | 3 |" in text
-    assert "1 claims tested: 1 hold" in text
+    assert "1 claims tested" in text and "paper claims: 1**: 1 hold" in text
     assert pd.read_csv(tmp_path / "smoke" / "claims.csv").notebook.tolist() == ["99_try"]
 
 
@@ -114,5 +132,5 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert update_readme("tiny", tmp_path / "results", readme)
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "OLD-BLOCK" not in text
-    assert "| 01_x | s \\| pipe | 0.3 | 0.4 | holds |" in text and "2.0 min" in text
+    assert "| 01_x | s \\| pipe | 0.3 | 0.4 | holds | paper claim |" in text and "2.0 min" in text
     assert not update_readme("smoke", tmp_path / "results", readme)   # no block for smoke

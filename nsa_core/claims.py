@@ -1,0 +1,237 @@
+"""Claims with their uncertainty: the bootstrap, the verdict rules, their thresholds, the
+convergence criterion, and how a table of claims is rendered.
+
+Every reproduced number that decides a verdict carries a 95 % percentile-bootstrap interval.
+Resampled are the units the number is an average over: test images (an accuracy, an ECE, an
+AUC over images), architectures (a mean, a spread or a rank correlation over architectures),
+or both samples independently when two groups are compared (seen vs unseen architectures,
+in- vs out-of-distribution images). An ordering between two models on the same test images is
+tested *paired*: each resample draws one set of images and scores both models on it, so the
+interval is that of the difference.
+
+A claim's verdict follows from the interval of a difference oriented so that positive is the
+paper's direction: it *holds* when the interval lies above zero, *does not hold* when it lies
+below, and is *inconclusive* when it contains zero. A claim about trained models (absolute
+levels, Sec. 5's orderings) is *not comparable at this profile* unless the compared models are
+trained to convergence (`convergence`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics
+
+HOLDS = "holds"
+FAILS = "does not hold"
+INCONCLUSIVE = "inconclusive"
+NOT_COMPARABLE = "not comparable at this profile"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_COMPARABLE)
+
+PAPER_CLAIM = "paper claim"
+BEYOND = "beyond the paper"
+SANITY = "sanity check"
+KINDS = (PAPER_CLAIM, BEYOND, SANITY)
+
+N_RESAMPLES = 1000
+CONFIDENCE = 0.95
+
+# ---------------------------------------------------------------- verdict thresholds
+# Training has converged when the training loss over the last tenth of training (at least
+# the last logged epoch) changed by less than this fraction.
+CONVERGED_REL_CHANGE = 0.05
+# A test curve's instability is the standard deviation of its last tenth of points; fewer
+# points than this say nothing about it.
+MIN_CURVE_POINTS = 5
+# Seen and unseen architectures are "nearly indistinguishable" when |AUC - 0.5| is below this
+# (the paper calls 0.57 and 0.52 nearly indistinguishable, 0.77 not).
+INDISTINGUISHABLE = 0.15
+# "No further gain after T = 20": the mean gain over T >= 20 against T = 20 stays below this.
+NO_FURTHER_GAIN = 0.005
+# "Small" ensemble gain (paper: about 0.003).
+SMALL_GAIN = 0.01
+# Tolerances of the absolute-level claims, judged only at the paper's scale.
+SPEARMAN_TOL = 0.15
+TABLE1_TOL_PP = 0.5
+TABLE2_ERROR_TOL_PP = 0.5
+TABLE2_ECE_TOL = 0.01
+TABLE3_TOL = 0.03
+SEMI_TOL_PP = 1.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A number and its bootstrap interval."""
+    value: float
+    low: float
+    high: float
+    n_resamples: int = N_RESAMPLES
+
+    def fmt(self, digits: int = 3, scale: float = 1.0) -> str:
+        v, lo, hi = (scale * x for x in (self.value, self.low, self.high))
+        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    def __str__(self) -> str:
+        return self.fmt()
+
+    def __neg__(self) -> "Estimate":
+        return Estimate(-self.value, -self.high, -self.low, self.n_resamples)
+
+
+def resample(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """[n_resamples, n] indices drawn with replacement from range(n), seeded."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def bootstrap(statistic: Callable[..., float], *sizes: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
+              confidence: float = CONFIDENCE) -> Estimate:
+    """`statistic(*indices)` of the full samples and its percentile interval: each of the
+    samples (of `sizes`) is resampled with replacement, independently, `n_resamples` times.
+    A statistic that is undefined on a resample (NaN) leaves that resample out."""
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"bootstrap needs non-empty samples, got sizes {sizes}")
+    value = float(statistic(*(np.arange(n) for n in sizes)))
+    draws = [resample(n, n_resamples, seed + 7919 * k) for k, n in enumerate(sizes)]
+    stats = np.array([statistic(*(d[b] for d in draws)) for b in range(n_resamples)], dtype=float)
+    stats = stats[np.isfinite(stats)]
+    if not len(stats):
+        return Estimate(value, np.nan, np.nan, n_resamples)
+    alpha = 100 * (1 - confidence) / 2
+    low, high = np.percentile(stats, [alpha, 100 - alpha])
+    return Estimate(value, float(low), float(high), n_resamples)
+
+
+def verdict(difference: Estimate, comparable: bool = True) -> str:
+    """The verdict from the interval of a difference oriented so that positive is the paper's
+    direction."""
+    if not comparable:
+        return NOT_COMPARABLE
+    if difference.low > 0:
+        return HOLDS
+    if difference.high < 0:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def all_of(verdicts: Iterable[str]) -> str:
+    """A claim made "at every S" (or for every attack): it does not hold if any part does not,
+    holds if every comparable part holds, and is inconclusive otherwise."""
+    verdicts = list(verdicts)
+    comparable = [v for v in verdicts if v != NOT_COMPARABLE]
+    if not comparable:
+        return NOT_COMPARABLE
+    if FAILS in comparable:
+        return FAILS
+    return HOLDS if all(v == HOLDS for v in comparable) else INCONCLUSIVE
+
+
+# ------------------------------------------------------------- statistics with intervals
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def correct(probs: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> np.ndarray:
+    """Per test image, 1 if the prediction is right: [N]; for a list of predictions (the
+    individuals of "average of individuals") the mean over them, so its mean is their mean
+    accuracy."""
+    preds = probs if isinstance(probs, list) else [probs]
+    y = _np(labels)
+    return np.mean([_np(p).argmax(1) == y for p in preds], axis=0).astype(float)
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Estimate:
+    """mean(a) - mean(b) for per-unit values paired on the same units (test images)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return bootstrap(lambda i: d[i].mean(), len(d), seed=seed)
+
+
+def mean_estimate(a: np.ndarray, seed: int = 0) -> Estimate:
+    a = np.asarray(a, float)
+    return bootstrap(lambda i: a[i].mean(), len(a), seed=seed)
+
+
+def two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], a, b, seed: int = 0) -> Estimate:
+    """statistic(a, b) of two independent samples, each resampled on its own."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return bootstrap(lambda i, j: statistic(a[i], b[j]), len(a), len(b), seed=seed)
+
+
+def auc_estimate(negatives, positives, seed: int = 0) -> Estimate:
+    """ROC AUC of positives vs negatives (metrics.auc), both samples resampled."""
+    return two_sample(lambda n, p: metrics.auc(n, p), negatives, positives, seed=seed)
+
+
+def metric_difference(metric: Callable[[torch.Tensor, torch.Tensor], float], a, b, labels: torch.Tensor,
+                      seed: int = 0) -> Estimate:
+    """metric(a) - metric(b) on the same resampled test images (paired); `a` or `b` may be a
+    list of predictions [N, C], scored one by one and averaged (the average of individuals)."""
+    y = torch.as_tensor(labels)
+
+    def score(p, i) -> float:
+        i = torch.as_tensor(i)
+        preds = p if isinstance(p, list) else [p]
+        return float(np.mean([metric(q[i], y[i]) for q in preds]))
+
+    return bootstrap(lambda i: score(a, i) - score(b, i), len(y), seed=seed)
+
+
+# ---------------------------------------------------------------------- convergence
+
+def loss_change(history: pd.DataFrame, column: str = "train_loss") -> float:
+    """Relative change of the training loss over the last tenth of training, at least over
+    the last logged epoch (a longer window than a tenth only makes the check stricter)."""
+    loss = history[column].to_numpy(float)
+    if len(loss) < 2:
+        return float("nan")
+    k = max(1, round(len(loss) / 10))
+    before, last = loss[-1 - k], loss[-1]
+    return abs(last - before) / abs(before) if before else float("nan")
+
+
+def convergence(histories: Mapping[str, pd.DataFrame], column: str = "train_loss") -> tuple[bool, str]:
+    """(whether every model converged, a sentence saying by how much each loss still moved)."""
+    changes = {name: loss_change(h, column) for name, h in histories.items()}
+    ok = all(np.isfinite(c) and c < CONVERGED_REL_CHANGE for c in changes.values())
+    said = ", ".join(f"{name} {100 * c:.1f} %" for name, c in changes.items())
+    return ok, (f"training loss over the last tenth of training (at least the last epoch) changed by {said}; "
+                f"converged means below {100 * CONVERGED_REL_CHANGE:g} % for every compared model")
+
+
+def curve_instability(history: pd.DataFrame, column: str = "test_acc") -> np.ndarray:
+    """The last tenth of a logged test curve (at least MIN_CURVE_POINTS points), whose spread
+    measures how unstable the curve is; empty when the curve is too short."""
+    values = history[column].dropna().to_numpy(float)
+    k = max(MIN_CURVE_POINTS, round(len(values) / 10))
+    return values[-k:] if len(values) >= k else np.array([])
+
+
+# ---------------------------------------------------------------------- rendering
+
+def tally(claims: pd.DataFrame) -> pd.DataFrame:
+    """Verdict counts per kind of claim: rows KINDS (those present), columns VERDICTS."""
+    kinds = claims["kind"] if "kind" in claims else pd.Series(PAPER_CLAIM, index=claims.index)
+    counts = pd.crosstab(kinds, claims["verdict"])
+    return counts.reindex(index=[k for k in KINDS if k in counts.index], columns=list(VERDICTS), fill_value=0)
+
+
+def tally_sentence(claims: pd.DataFrame) -> str:
+    t = tally(claims)
+    parts = []
+    for kind, row in t.iterrows():
+        parts.append(f"{row.sum()} {kind}{'s' if row.sum() != 1 else ''}: {row[HOLDS]} hold, {row[FAILS]} do not "
+                     f"hold, {row[INCONCLUSIVE]} inconclusive, {row[NOT_COMPARABLE]} not comparable")
+    return "; ".join(parts) if parts else "no claims"
+
+
+def markdown_table(claims: pd.DataFrame, columns: Iterable[str] | None = None) -> str:
+    """The claims as a markdown table, every cell in full (pipes escaped)."""
+    cols = list(columns or claims.columns)
+    cell = lambda v: " ".join(str(v).split()).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in claims[cols].itertuples(index=False)]
+    return "\n".join(lines)

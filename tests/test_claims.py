@@ -1,0 +1,92 @@
+"""The verdict rules of claims.py: a clear difference holds, the opposite one does not, and
+pure noise (two models of the same quality) is inconclusive as often as a 95 % interval
+promises."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nsa_core import claims, metrics
+from nsa_core.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE
+
+N = 1000   # test images, as in the tiny profile
+
+
+def _model_correct(p_right: float, seed: int) -> np.ndarray:
+    """Per-image correctness of a model that is right with probability p_right, its errors
+    drawn by its own seed (a model trained with another seed)."""
+    return (np.random.default_rng(seed).random(N) < p_right).astype(float)
+
+
+def test_a_clear_difference_holds_and_the_opposite_does_not():
+    good, bad = _model_correct(0.40, 1), _model_correct(0.30, 2)
+    d = claims.mean_difference(good, bad)
+    assert d.low > 0 and claims.verdict(d) == HOLDS
+    assert claims.verdict(claims.mean_difference(bad, good)) == FAILS
+    assert claims.verdict(d, comparable=False) == NOT_COMPARABLE
+
+
+def test_pure_noise_is_inconclusive_in_at_least_18_of_20_seeds():
+    # Two models of the same accuracy whose errors fall on different images (different seeds).
+    verdicts = [claims.verdict(claims.mean_difference(_model_correct(0.3, 2 * s), _model_correct(0.3, 2 * s + 1),
+                                                      seed=s)) for s in range(20)]
+    assert verdicts.count(INCONCLUSIVE) >= 18, verdicts
+
+
+def test_paired_metric_difference_on_probabilities():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (400,), generator=g)
+    sharp = torch.nn.functional.one_hot(labels, 10).float() * 5 + torch.randn(400, 10, generator=g)
+    vague = torch.randn(400, 10, generator=g)
+    d = claims.metric_difference(metrics.accuracy, sharp.softmax(1), vague.softmax(1), labels, seed=0)
+    assert claims.verdict(d) == HOLDS and d.low <= d.value <= d.high
+    # a list of predictions is scored one by one and averaged ("average of individuals")
+    both = claims.metric_difference(metrics.accuracy, [sharp.softmax(1), vague.softmax(1)], vague.softmax(1), labels)
+    assert both.value == pytest.approx(d.value / 2)
+
+
+def test_bootstrap_is_seeded_and_skips_undefined_resamples():
+    a = np.arange(10.0)
+    e1 = claims.mean_estimate(a, seed=3)
+    assert e1 == claims.mean_estimate(a, seed=3) and e1.value == pytest.approx(4.5)
+    e = claims.bootstrap(lambda i: np.nan, 5)
+    assert np.isnan(e.low) and claims.verdict(e) == INCONCLUSIVE
+    with pytest.raises(ValueError):
+        claims.bootstrap(lambda i: 0.0, 0)
+
+
+def test_auc_estimate_and_two_sided_indistinguishability():
+    rng = np.random.default_rng(0)
+    same = claims.auc_estimate(rng.normal(size=20), rng.normal(size=20))
+    assert same.low < 0.5 < same.high
+    apart = claims.auc_estimate(rng.normal(size=20), rng.normal(3, size=20))
+    assert apart.low > 0.9
+
+
+def test_all_of_combines_parts():
+    assert claims.all_of([HOLDS, HOLDS]) == HOLDS
+    assert claims.all_of([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert claims.all_of([HOLDS, FAILS, INCONCLUSIVE]) == FAILS
+    assert claims.all_of([NOT_COMPARABLE, HOLDS]) == HOLDS
+    assert claims.all_of([NOT_COMPARABLE]) == NOT_COMPARABLE
+
+
+def test_convergence_criterion():
+    flat = pd.DataFrame({"train_loss": [2.0] * 5 + [1.0] * 15})
+    falling = pd.DataFrame({"train_loss": [2.0, 1.8, 1.6, 1.4]})
+    ok, why = claims.convergence({"a": flat})
+    assert ok and "a 0.0 %" in why
+    ok, why = claims.convergence({"a": flat, "b": falling})
+    assert not ok and "b 12.5 %" in why
+    assert claims.curve_instability(pd.DataFrame({"test_acc": [0.1, 0.2, 0.3]})).size == 0
+    assert len(claims.curve_instability(pd.DataFrame({"test_acc": np.arange(60.0)}))) == 6
+
+
+def test_tally_and_markdown_keep_kinds_apart_and_cells_whole():
+    df = pd.DataFrame({"statement": ["x" * 80, "y | z"], "verdict": [HOLDS, INCONCLUSIVE],
+                       "kind": [claims.PAPER_CLAIM, claims.SANITY]})
+    t = claims.tally(df)
+    assert t.loc[claims.PAPER_CLAIM, HOLDS] == 1 and t.loc[claims.SANITY, INCONCLUSIVE] == 1
+    md = claims.markdown_table(df)
+    assert "x" * 80 in md and "y \\| z" in md
+    assert "1 paper claim: 1 hold" in claims.tally_sentence(df)
