@@ -7,6 +7,8 @@ uninterrupted run's (same machine, same thread count).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -14,6 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+MANIFEST = "manifest.json"
+MODEL_FILES = ("model.pt", "history.csv", "spec.json")
 
 
 class CheckpointError(RuntimeError):
@@ -85,3 +91,46 @@ def set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     for k, g in gens.items():
         g.set_state(state[k])
+
+
+# ------------------------------------------------------------ finished models
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, spec: Any, data_identity: str) -> None:
+    """The last write of a finished model: what it is, what it was trained on, and the
+    checksum of each of its files."""
+    record = {"spec": spec.to_json(), "data": data_identity,
+              "files": {name: _sha256(folder / name) for name in MODEL_FILES}}
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(folder / MANIFEST)
+
+
+def damage(folder: Path, spec: Any, data_identity: str) -> str | None:
+    """What is wrong with the finished model in `folder`, in a few words naming the file, or
+    None when its manifest, checksums and spec all agree."""
+    try:
+        record = json.loads((folder / MANIFEST).read_text())
+        files = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{folder / MANIFEST} cannot be read"
+    if record.get("spec") != spec.to_json():
+        return f"{folder / MANIFEST} names another spec"
+    if record.get("data") != data_identity:
+        return f"{folder / MANIFEST}: trained on other data"
+    for name in MODEL_FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if files.get(name) != _sha256(path):
+            return f"{path} does not match its checksum (changed or damaged)"
+    return None
+
+

@@ -1,4 +1,4 @@
-"""Command line: `python -m nsa_core {train,reproduce,bench,profiles} ...`.
+"""Command line: `python -m nsa_core {train,reproduce,bench,profiles,models,train-all} ...`.
 
 User mistakes (an unknown profile, kind, data set or --set key, missing data) print one line
 and exit with code 2; they never show a traceback.
@@ -39,7 +39,7 @@ def _spec_from_args(args) -> ModelSpec:
 def cmd_train(args) -> int:
     from .cache import get_or_train, model_dir
     spec = _spec_from_args(args)
-    folder = model_dir(spec, args.models_dir)
+    folder = model_dir(spec, args.models_dir, args.data_dir)
     model, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True)
     last = hist.iloc[-1]
     print(f"test accuracy {last.test_acc:.4f} (BN test mode, {spec.sampling} architectures) "
@@ -76,6 +76,64 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def _plan_from_args(args):
+    from .plan import build_plan
+    return build_plan(args.profile, args.notebooks, args.models_dir, args.data_dir, seed=args.seed,
+                      sets=parse_sets(args.set))
+
+
+def cmd_models(args) -> int:
+    from .plan import NO_DATA, PARTIAL, TRAINED, table
+    items = _plan_from_args(args)
+    for line in table(items):
+        print(line)
+    count = lambda state: sum(it.state == state for it in items)  # noqa: E731
+    print(f"{len(items)} models: {count(TRAINED)} trained, {count(PARTIAL)} partial, "
+          f"{sum(it.needs_training for it in items) - count(PARTIAL)} missing, {count(NO_DATA)} without data",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_train_all(args) -> int:
+    from . import paths, scale
+    from .plan import NO_DATA, TRAINED
+    items = _plan_from_args(args)
+    todo = [it for it in items if it.needs_training]
+    absent = [it for it in items if it.state == NO_DATA]
+    for it in absent:
+        print(f"nsa: left out {it.key}: {it.note}", file=sys.stderr)
+    print(f"nsa: {len(items)} models in the plan: {sum(it.state == TRAINED for it in items)} trained, "
+          f"{len(todo)} to train, {len(absent)} without data", file=sys.stderr)
+    models, data = paths.models_dir(args.models_dir), paths.data_dir(args.data_dir)
+    logs = paths.resolve(args.logs) if args.logs else models / ".jobs"
+    if args.executor == "slurm":
+        opts = scale.slurm_options(args.slurm_config, partition=args.partition, time=args.time,
+                                   account=args.account, cpus_per_task=args.cpus_per_task,
+                                   mem_gb=args.mem_gb, sbatch=args.sbatch)
+        if args.dry_run:
+            for it in todo:
+                print(scale.sbatch_script(opts, logs, f"nsa-{it.key}"))
+            return 0
+        jobs = scale.submit_slurm(todo, opts, models, data, logs)
+        if not args.wait:
+            print(f"nsa: {len(jobs)} jobs submitted; `python -m nsa_core models` shows their progress",
+                  file=sys.stderr)
+            return 0
+        outcomes = scale.wait_for(jobs)
+    else:
+        requested = scale.default_jobs(args.device) if args.jobs == "auto" else int(args.jobs)
+        if requested < 1:
+            raise ValueError(f"--jobs must be positive or auto, got {args.jobs}")
+        # threads from the jobs asked for, not the models left: a rerun resumes a model with
+        # the thread count it started with, so its weights stay those of an uninterrupted run
+        threads = args.threads or scale.worker_threads(requested)
+        outcomes = scale.train_local(todo, min(requested, len(todo)) or 1, models, data, args.device,
+                                     threads, logs) if todo else []
+    for line in scale.summary(outcomes, absent):
+        print(line)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nsa_core",
                                 description="Replication suite for 'Understanding and Exploring the "
@@ -98,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="run the notebooks with papermill and write REPORT.md",
                        description="Run notebooks 01-08 headless in a profile; results go to results/<profile>/.")
-    r.add_argument("--profile", default="tiny", help=f"one of: {', '.join(PROFILES)} (default tiny)")
+    r.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
     r.add_argument("--data-dir", default=None, help="data folder (default $NSA_DATA_DIR, else ./data)")
-    r.add_argument("--notebooks", nargs="*", default=None, help="numbers like 01 03 (default: all)")
+    r.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
     r.add_argument("--no-report", action="store_true", help="skip writing REPORT.md")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value; repeatable")
     r.set_defaults(func=cmd_reproduce)
@@ -114,6 +172,41 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profiles", help="show the profiles' values")
     pr.add_argument("name", nargs="?", default=None)
     pr.set_defaults(func=cmd_profiles)
+
+    def plan_arguments(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+        q.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
+        q.add_argument("--data-dir", default=None, help="data folder (default $NSA_DATA_DIR, else ./data)")
+        q.add_argument("--models-dir", default=None, help="model cache (default $NSA_MODELS_DIR, else results/models)")
+        q.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (default 0)")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value, as for reproduce; repeatable")
+
+    m = sub.add_parser("models", help="list the models the notebooks of a profile need, and their state",
+                       description="Every model the chosen notebooks need: kind, S, spec key, state in the "
+                                   "cache (trained, partial with the epochs reached, missing) and folder.")
+    plan_arguments(m)
+    m.set_defaults(func=cmd_models)
+
+    a = sub.add_parser("train-all", help="train every missing model of a profile, in parallel (submitit)",
+                       description="Train what the plan of `models` lacks: N local worker processes, or one "
+                                   "SLURM job per model. A failed model does not stop the others; rerunning "
+                                   "retries only what is missing.")
+    plan_arguments(a)
+    a.add_argument("--executor", choices=("local", "slurm"), default="local")
+    a.add_argument("--jobs", default="auto", help="local workers (default auto: one per GPU, else one per core)")
+    a.add_argument("--threads", type=int, default=None, help="torch threads per local worker (default: the cores split between the workers)")
+    a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    a.add_argument("--logs", default=None, help="submitit's job folders (default <models-dir>/.jobs)")
+    a.add_argument("--slurm-config", default=None, help="INI file with a [slurm] section (partition, time, account, ...)")
+    a.add_argument("--partition", default=None, help="slurm partition")
+    a.add_argument("--time", default=None, help="slurm time limit per job (minutes or D-HH:MM:SS; default 24:00:00)")
+    a.add_argument("--account", default=None, help="slurm account")
+    a.add_argument("--cpus-per-task", type=int, default=None, help="slurm CPUs per job (default 8)")
+    a.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job")
+    a.add_argument("--sbatch", action="append", metavar="OPTION", help="extra sbatch option, e.g. --sbatch=--qos=high; repeatable")
+    a.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch scripts, submit nothing")
+    a.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print the summary")
+    a.set_defaults(func=cmd_train_all)
     return p
 
 
@@ -128,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ValueError, FloatingPointError) as e:   # the latter: a diverging run (lr too high)
         print(f"nsa: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # a full disk, a permission: what and where, in one line
+        where = f": {e.filename}" if e.filename else ""
+        print(f"nsa: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:   # SIGINT/SIGTERM: the trainer has written a checkpoint
         print(f"nsa: {e or 'interrupted'}", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import shutil
 import http.client
 import struct
 import warnings
@@ -123,9 +124,46 @@ def load(
     elif name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
         out = _from_idx(*idx)
     else:
-        out = _from_torchvision(name, split, root, download)
+        existed = root.exists()
+        try:
+            out = _from_torchvision(name, split, root, download)
+        except DataMissing:
+            if not existed:   # a mistyped --data-dir must not be left behind as an empty folder
+                shutil.rmtree(root, ignore_errors=True)
+            raise
     _write_cache(cache, out)
     return out
+
+
+def identity(name: str, data_dir: str | Path | None = None, synthetic_size: int | None = None) -> str:
+    """The identity of a data set as a model sees it: its training and test splits."""
+    h = hashlib.sha1()
+    for split in SPLITS:
+        h.update(fingerprint(name, split, data_dir, synthetic_size if split == "train" else None).encode())
+    return h.hexdigest()[:12]
+
+
+def fingerprint(name: str, split: str, data_dir: str | Path | None = None, synthetic_size: int | None = None) -> str:
+    """The identity of one decoded split (a hash of its images and labels), computed once
+    and kept beside the split's cache, keyed by the cache file's size and time."""
+    if name == "synthetic":
+        return load(name, split, data_dir, synthetic_size=synthetic_size).fingerprint()
+    cache = resolve_data_dir(data_dir) / name / ".nsa-cache" / f"{split}.pt"
+    if not cache.is_file():
+        load(name, split, data_dir)
+    side = cache.with_suffix(".fingerprint")
+    stamp = f"{cache.stat().st_size}:{cache.stat().st_mtime_ns}" if cache.is_file() else ""
+    if stamp and side.is_file():
+        saved_stamp, _, value = side.read_text().partition(" ")
+        if saved_stamp == stamp:
+            return value.strip()
+    value = load(name, split, data_dir).fingerprint()
+    if stamp:
+        try:
+            side.write_text(f"{stamp} {value}")
+        except OSError:   # a read-only data folder: computed again next time
+            pass
+    return value
 
 
 def _read_cache(path: Path, name: str) -> Split | None:
@@ -159,10 +197,22 @@ def _write_cache(path: Path, data: Split) -> None:
                       stacklevel=3)
 
 
+class DataError(ValueError):
+    """The data on disk cannot be used as it is; the message names the file or folder and what
+    to do."""
+
+
 def _from_image_folder(folder: Path, name: str) -> Split:
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(str(folder))  # only for its file list and sorted class order
+    empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not any(f.is_file() for f in d.rglob("*")))
+    if empty:
+        raise DataError(f"class folder {folder / empty[0]} is empty; put its images there or remove it "
+                        f"({len(empty)} empty class folder(s) in {folder})")
+    try:
+        ds = ImageFolder(str(folder))  # only for its file list and sorted class order
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{folder} holds no images in <class>/<image> layout ({str(e).splitlines()[0]})") from None
     if len(ds.classes) != NUM_CLASSES[name]:
         warnings.warn(f"{folder} has {len(ds.classes)} class folders, {name} has "
                       f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=3)
@@ -174,9 +224,14 @@ def _from_image_folder(folder: Path, name: str) -> Split:
 
 
 def _decode(path: str) -> torch.Tensor:
-    # PIL rather than torchvision.io, whose image decoding is deprecated since 0.29.
-    with Image.open(path) as im:
-        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    # PIL rather than torchvision.io, whose image decoding is deprecated since 0.29. A
+    # truncated file raises here too (PIL refuses to load truncated images by default).
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"image {path} cannot be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        "replace or remove it, then load again") from None
 
 
 def _to_32x32_rgb(img: torch.Tensor, what: str = "") -> torch.Tensor:
@@ -187,7 +242,7 @@ def _to_32x32_rgb(img: torch.Tensor, what: str = "") -> torch.Tensor:
     if img.shape[-2:] == (28, 28):
         img = F.pad(img, (2, 2, 2, 2))
     if img.shape[-3:] != (3, 32, 32):
-        raise ValueError(f"expected 32x32 (or 28x28) images, got {tuple(img.shape)} {what}")
+        raise DataError(f"expected 32x32 (or 28x28) images, got {tuple(img.shape)} {what}")
     return img.contiguous()
 
 

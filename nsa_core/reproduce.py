@@ -24,6 +24,7 @@ from . import runtime
 from .claims import (CONFIDENCE, FAILS, HOLDS, INCONCLUSIVE, KINDS, N_RESAMPLES, NOT_COMPARABLE,
                      PAPER_CLAIM, tally)
 from .experiment import CLAIM_FIELDS
+from . import paths
 from .paths import repo_root, results_dir
 from .profiles import get_profile
 
@@ -114,9 +115,11 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
         if blind:
             return usage(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
 
-    results = results_dir()
-    executed = results / prof.name / "executed"
-    executed.mkdir(parents=True, exist_ok=True)
+    try:
+        results = paths.writable_folder(results_dir(), "results folder")
+        executed = paths.writable_folder(results / prof.name / "executed", "results folder")
+    except ValueError as e:
+        return usage(str(e))
     params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=str(results))
     if sets:
         params["OVERRIDES"] = dict(sets)
@@ -142,6 +145,11 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
             print(f"nsa: notebook {nb.stem} failed: its kernel died (out of memory?) "
                   f"(partial output: {_shown(out)})", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:   # papermill saves the executed part before this reaches us
+            print(f"\nnsa: interrupted in notebook {nb.stem}; its partial output is in {_shown(out)}; "
+                  "run the same command again to go on (trained models are cached, training resumes)",
+                  file=sys.stderr)
+            return 130
         timings[nb.stem] = time.time() - t0
     _save_timings(results / prof.name, timings)
     if report:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,12 +27,16 @@ import torch.nn.functional as F
 from tqdm import tqdm  # text bars: they stream through papermill and render in Jupyter alike
 
 from . import data as D
-from . import runtime
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, rotate, set_rng_state, atomic_save
+from . import paths, runtime
+from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, remove_stale_temporaries, rng_state,
+                         rotate, set_rng_state, write_manifest)
 from .config import ModelSpec
 from .models import build, draw_archs
 from .network import WiredNet
 from .step import lr_factor, optimizer, rampup, semi_step, supervised_step
+
+
+FAILED = "failed.txt"   # a failed run's reason, in its folder until the next try
 
 
 class Interrupted(KeyboardInterrupt):
@@ -50,6 +54,7 @@ class TrainData:
     classes: list[str]
     norm: str                # normalisation statistics to use
     labelled: int            # semi-supervised: the first `labelled` images carry labels; else all
+    identity: str            # of the whole data set, train and test (data.identity)
 
 
 def load_data(spec: ModelSpec, data_dir=None, dev: torch.device | None = None) -> TrainData:
@@ -67,7 +72,8 @@ def load_data(spec: ModelSpec, data_dir=None, dev: torch.device | None = None) -
     elif r.train_size:
         train = train.subset(D.balanced_subset(train.labels, r.train_size, seed=spec.seed))
     return TrainData(train.images.to(dev), train.labels.to(dev), test.images.to(dev),
-                     test.labels.to(dev), train.classes, r.dataset, labelled)
+                     test.labels.to(dev), train.classes, r.dataset, labelled,
+                     D.identity(r.dataset, data_dir, r.synthetic_size))
 
 
 def steps_per_epoch(images: int, batch: int) -> int:
@@ -125,7 +131,12 @@ def prepare(spec: ModelSpec, folder: Path, data_dir=None, device=None) -> Run:
     """Data, a fresh model and optimiser, and the random streams of `spec`."""
     dev = runtime.device(device)
     data = load_data(spec, data_dir, dev)   # first: missing data leaves no empty model folder
-    folder.mkdir(parents=True, exist_ok=True)
+    paths.writable_folder(folder, "model folder")
+    remove_stale_temporaries(folder)        # of writers killed before their rename
+    failed = folder / FAILED
+    if failed.exists():
+        tqdm.write(f"nsa: {folder.name} failed before ({failed.read_text().strip()}); trying again", file=sys.stderr)
+        failed.unlink()
     (folder / "spec.json").write_text(spec.to_json())
     torch.manual_seed(spec.seed)  # the initial weights, and dropout's stream
     model = build(spec, len(data.classes)).to(dev)
@@ -288,11 +299,13 @@ def stop_signals() -> Iterator[dict]:
 
 
 def finish(run: Run) -> pd.DataFrame:
-    """history.csv, then model.pt, last: its presence means the folder is complete."""
+    """history.csv and model.pt, then the manifest, last: its presence means the folder is
+    complete. The checkpoints go only after it."""
     hist = pd.DataFrame(run.progress["history"])
     hist.to_csv(run.folder / "history.csv", index=False)
     atomic_save({"spec": run.spec.to_json(), "model": run.model.state_dict(), "classes": run.data.classes},
                 run.folder / "model.pt")
+    write_manifest(run.folder, run.spec, run.data.identity)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (run.folder / name).unlink(missing_ok=True)
     run.say("finished")
@@ -305,6 +318,16 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
     `on_step(step)` is called after every optimiser step (tests use it to kill the run)."""
     runtime.keep_freed_memory()
     run = prepare(spec, Path(folder), data_dir, device)
+    try:
+        return _run(run, progress, on_step)
+    except Exception as e:   # a failed run's folder says why; an interrupted one just resumes
+        with suppress(OSError):   # a full disk may be why it failed
+            (run.folder / FAILED).write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+        raise
+
+
+def _run(run: Run, progress: bool, on_step: Callable[[int], None] | None) -> tuple[WiredNet, pd.DataFrame]:
+    spec = run.spec
     resume(run)
     p = run.progress
     bar = tqdm(total=run.total, initial=p["epoch"] * run.steps + p["step"], unit="step", disable=not progress,

@@ -162,7 +162,7 @@ def assert_same_run(folder: Path, ref: Path) -> None:
     pd.testing.assert_frame_equal(ha, hb, check_exact=True)
 
 
-FINISHED = ["history.csv", "model.pt", "spec.json", "train.log"]
+FINISHED = ["history.csv", "manifest.json", "model.pt", "spec.json", "train.log"]
 
 
 def test_reference_runs_finish(runs):
@@ -326,8 +326,8 @@ def test_history_has_one_row_per_epoch(smoke):
 def test_get_or_train_loads_a_finished_model_without_training(smoke, monkeypatch):
     spec, root, model, hist = smoke
     folder = C.model_dir(spec, root)
-    assert folder == root / spec.key
-    assert sorted(p.name for p in folder.iterdir()) == ["history.csv", "model.pt", "spec.json", "train.log"]
+    assert folder.parent == root and folder.name.startswith(spec.key + "-")
+    assert sorted(p.name for p in folder.iterdir()) == FINISHED
     assert ModelSpec.from_json((folder / "spec.json").read_text()) == spec
     assert not model.training
 
