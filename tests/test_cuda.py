@@ -1,4 +1,4 @@
-"""The CUDA path (issue "Speed"): skipped without a GPU; `bash bench/gpu_check.sh` runs them.
+"""The CUDA path: skipped without a GPU; `bash bench/gpu_check.sh` runs them.
 Mixed-architecture batches on CUDA, a bf16 smoke training run, on-device augmentation."""
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from nsa_core import attacks, data as D, evaluate as E, space as sp, train as T
 from nsa_core.network import NetConfig, WiredNet
-from nsa_core.profiles import get_profile
 
 NORM = "synthetic"
 

@@ -1,4 +1,4 @@
-"""The architecture space (SPEC section 1): sampler, seeds, distinctness, fixed wirings,
+"""The architecture space (paper Sec. 2): sampler, seeds, distinctness, fixed wirings,
 validation and drawing."""
 import hashlib
 import random
@@ -163,7 +163,7 @@ def _resnet_wiring(nodes: int) -> np.ndarray:
 
 
 def _spec_residual(nodes: int) -> np.ndarray:
-    """SPEC: diagonal 1, and for every even column j, entries (j, j), (j+2, j), ... are 1."""
+    """The residual wiring: diagonal 1, and for every even column j, entries (j, j), (j+2, j), ... are 1."""
     a = np.zeros((nodes + 1, nodes + 1), np.uint8)
     for r in range(nodes + 1):
         for c in range(r + 1):

@@ -1,4 +1,4 @@
-"""Training (issue "Training"): exact resume after SIGKILL and SIGTERM, damaged or foreign
+"""Training: exact resume after SIGKILL and SIGTERM, damaged or foreign
 checkpoints, non-finite losses, atomic saves, the model cache, the history, the learning-rate
 schedule and the smoke data's learnability.
 
