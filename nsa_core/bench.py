@@ -196,18 +196,24 @@ def main(args) -> int:
     models, steps = {}, {}
     for name, (kind, space) in VARIANTS.items():
         models[name], steps[name] = trainer(kind, space, device)
+    bf16 = runtime.native_bf16()   # emulated bf16 is slower than fp32: measured only where native
+    print(f"bf16 autocast: {'measured too (native bf16 on this CPU)' if bf16 else 'not measured (no native bf16 on this CPU)'}")
+    if bf16:
+        for name, (kind, space) in VARIANTS.items():
+            steps[f"{name}-bf16"] = trainer(kind, space, device, bf16=True)[1]
     x, y = random_batch(BATCH, device)
     wall, cpu = round_robin(steps, x, y, args.steps)
     table = profile_table(steps["nsa-i"], x, y)
 
     rows = []
     ips = {k: BATCH / statistics.median(v) for k, v in wall.items()}
-    for k in VARIANTS:
-        per_example = k in ("nsa-i", "nsa-id")
-        ratio = ips[k] / ips["fixed"]
+    for k in ips:
+        base = k.removesuffix("-bf16")
+        per_example = base in ("nsa-i", "nsa-id")
+        ratio = ips[k] / ips["fixed-bf16" if k.endswith("-bf16") else "fixed"]
         rows.append(_row(k, "train_img_per_s", ips[k], ratio, f">= {TARGET_VS_FIXED} x fixed" if per_example else "",
                          ratio >= TARGET_VS_FIXED if per_example else None))
-    for k in VARIANTS:
+    for k in ips:
         q1, q3 = np.percentile(wall[k], [25, 75])
         rows.append(_row(k, "train_step_iqr_pct", 100 * (q3 - q1) / statistics.median(wall[k])))
     for k in VARIANTS:   # process CPU time: less sensitive than wall time to waiting for a core

@@ -49,6 +49,9 @@ class Recipe:
     labelled: int = 4000
     unlabelled: int | None = None        # unlabelled images used; None = every other image
     consistency: float = 20.0            # weight of the consistency loss
+    # numerics: "auto" = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or
+    # AVX512-BF16), fp32 elsewhere (where bf16 would be emulated, slower); or "fp32", "bf16"
+    precision: str = "auto"
     # how the run is carried out
     eval_batch: int = field(default=500, metadata=NOT_IN_KEY)   # images per evaluation forward
     log_every: int = field(default=20, metadata=NOT_IN_KEY)     # steps between host syncs
@@ -67,6 +70,8 @@ class Recipe:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.schedule not in ("step", "linear"):
             raise ValueError(f"schedule must be 'step' or 'linear', got {self.schedule!r}")
 

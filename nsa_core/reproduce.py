@@ -182,8 +182,11 @@ def _hardware() -> list[str]:
     except OSError:
         pass
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    from .runtime import device as run_device, precision
+    numerics = precision(run_device())
     return [f"CPU: {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)",
-            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}"]
+            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}, "
+            f"precision {numerics} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
 
 
 def _cell(value: Any) -> str:

@@ -150,9 +150,10 @@ def prepare(spec: ModelSpec, folder: Path, data_dir=None, device=None) -> Run:
     images = len(data.y) - data.labelled if spec.semi else len(data.y)
     if images < 2:
         raise ValueError(f"{spec.kind}: {images} training images; at least 2 are needed")
-    run = Run(spec, folder, data, model, optimizer(model, r), gens, dev, runtime.autocast(dev),
+    run = Run(spec, folder, data, model, optimizer(model, r), gens, dev, runtime.autocast(dev, r.precision),
               steps_per_epoch(images, r.batch_size))
-    run.say(f"start {spec.key} on {dev}, {len(data.y)} training images, {torch.get_num_threads()} threads")
+    run.say(f"start {spec.key} on {dev}, {runtime.precision(dev, r.precision)}, {len(data.y)} training images, "
+            f"{torch.get_num_threads()} threads")
     return run
 
 
@@ -331,7 +332,8 @@ def _run(run: Run, progress: bool, on_step: Callable[[int], None] | None) -> tup
     resume(run)
     p = run.progress
     bar = tqdm(total=run.total, initial=p["epoch"] * run.steps + p["step"], unit="step", disable=not progress,
-               dynamic_ncols=True, desc=f"{spec.kind} S={spec.space}", file=sys.stderr)
+               dynamic_ncols=True, file=sys.stderr,
+               desc=f"{spec.kind} S={spec.space} {runtime.precision(run.device, spec.recipe.precision)}")
     try:
         with stop_signals() as stop:
             for epoch in range(p["epoch"], spec.recipe.epochs):
