@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from . import data as D
 from . import metrics
 from .attacks import PGD, pgd_attack
-from .network import WiredNet, bn_mode, frozen, mc_dropout
-from .models import draw_archs
+from .network import WiredNet, bn_mode, frozen, mc_dropout, _restore_training_flags, _training_flags
+from .kinds import draw_archs
 
 OOD_SYNTHETIC = "synthetic-ood"
 
@@ -232,7 +232,7 @@ def batch_mean_variance(model: WiredNet, images: torch.Tensor, norm: str, sampli
     over channels.
 
     As NSA trains: BN in training mode (each batch normalised by its own statistics, running
-    statistics untouched) and architectures drawn by models.draw_archs, one per batch
+    statistics untouched) and architectures drawn by kinds.draw_archs, one per batch
     ('batch', NSA) or one per example ('example', NSA-i). Images and architectures come from
     separate generators seeded by `seed`, so both samplings see the same image batches and
     differ only in how architectures are assigned."""
@@ -368,5 +368,102 @@ def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, n
                 auc=metrics.auc(metrics.mutual_information(p_clean), metrics.mutual_information(p_adv)), n=n)
 
 
+# ------------------------------------------------------------- BN recalibration (beyond the paper)
+
+def _calibration_batches(n: int, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """`batches` index batches of `batch_size` from consecutive seeded permutations of range(n):
+    no image repeats before every image was used once."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (BN cannot normalise one image), got {batch_size}")
+    if n < batch_size:
+        raise ValueError(f"{n} calibration images are fewer than one batch of {batch_size}")
+    g = torch.Generator().manual_seed(seed)
+    need = batches * batch_size
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-need // n))])
+    return list(order[:need].view(batches, batch_size))
+
+
+@contextlib.contextmanager
+def _bn_statistics_kept(model: nn.Module) -> Iterator[list[nn.BatchNorm2d]]:
+    """Every BN layer's running statistics, counter, momentum and flags, and every module's
+    training flag, restored bit for bit on exit; inside, BN layers average the batches they
+    see with equal weights (momentum None: the cumulative average), so K batches give their
+    exact mean, whatever K is."""
+    flags = _training_flags(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum,
+              m.track_running_stats) for m in bns]
+    try:
+        model.eval()   # dropout stays off; BN layers are switched on one by one below
+        for m in bns:
+            m.momentum = None
+            m.track_running_stats = True
+        yield bns
+    finally:
+        for m, (mean, var, count, momentum, track) in zip(bns, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+            m.momentum, m.track_running_stats = momentum, track
+        _restore_training_flags(flags)
+
+
+def _calibrate(model: WiredNet, bns: list[nn.BatchNorm2d], images: torch.Tensor, norm: str,
+               index: list[torch.Tensor], idx: torch.Tensor | None, wirings: torch.Tensor | None, member: int) -> None:
+    """Run the batches `index` of `images` through member `member` alone, BN in training mode,
+    accumulating the running statistics (no gradient, no parameter touched)."""
+    dev = _device(model)
+    for m in bns:
+        m.train()
+    try:
+        with torch.no_grad():
+            for i in index:
+                _forward(model, D.normalize(images[i.to(images.device)].to(dev), norm), idx, wirings, member)
+    finally:
+        for m in bns:
+            m.eval()
+
+
+def recalibrated_scores(model: WiredNet, calibration: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                        norm: str, archs: ArchLike | None = None, wirings: torch.Tensor | np.ndarray | None = None,
+                        batches: int | list[int] = 20, batch_size: int = 128, batch: int = 500,
+                        seed: int = 0) -> pd.DataFrame:
+    """Accuracy and loss of each architecture with BN *recalibrated* for it: the third BN mode
+    (beyond the paper; what one-shot NAS supernets do before scoring a subnet). For each
+    architecture: reset every BN layer's running statistics, run K batches of `batch_size`
+    `calibration` images (uint8 training images, no augmentation, as the test images have
+    none) through that architecture alone with BN in training mode, accumulating the exact
+    average of their statistics, then score it on `images` with BN in test mode. The shared
+    statistics, counters, momenta and flags are restored afterwards, bit for bit; no
+    parameter changes.
+
+    `batches` is K, or several K: one row per (architecture, K). The sweep costs no more than
+    its largest K, since the cumulative average after k batches is exactly the K = k one; every
+    architecture sees the same calibration batches (seeded by `seed`), so architectures and
+    K are compared on the same data. Cost per architecture: max(K) forwards of `batch_size`
+    images (no backward), plus one test-mode pass over `images` per K.
+
+    Columns arch (index, or position in `wirings`), batches (K), acc, loss."""
+    ks = sorted({int(k) for k in np.atleast_1d(batches)})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"batches must be >= 1, got {batches}")
+    idx, w, T = _members(model, archs, wirings)
+    index = _calibration_batches(len(calibration), ks[-1], batch_size, seed)
+    rows = []
+    with _bn_statistics_kept(model) as bns:
+        for t in range(T):
+            for m in bns:
+                m.reset_running_stats()
+            done = 0
+            for k in ks:
+                _calibrate(model, bns, calibration, norm, index[done:k], idx, w, t)
+                done = k
+                one = dict(archs=idx[t:t + 1]) if idx is not None else dict(wirings=w[t:t + 1])
+                s = arch_scores(model, images, labels, norm, bn="test", batch=batch, **one)
+                rows.append((int(idx[t]) if idx is not None else t, k, float(s.acc[0]), float(s.loss[0])))
+    return pd.DataFrame(rows, columns=["arch", "batches", "acc", "loss"])
+
+
 __all__ = ["predict", "arch_scores", "member_probs", "ensemble_curve", "mc_dropout_probs",
-           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attack_report"]
+           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attack_report",
+           "recalibrated_scores"]
