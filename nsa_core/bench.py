@@ -44,7 +44,8 @@ import torch
 from . import data as D
 from . import runtime
 from .config import ModelSpec, Recipe
-from .models import architectures as models_architectures, build, draw_archs
+from .kinds import draw_archs
+from .models import architectures as models_architectures, build
 from .network import NetConfig, WiredNet
 from .paper import AUTHORS_CPU_IMG_S as REFERENCE
 from .step import optimizer, supervised_step

@@ -11,7 +11,7 @@ import sys
 from . import data as D
 from . import runtime
 from .config import ModelSpec, convert, parse_sets
-from .models import KINDS
+from .kinds import KINDS
 from .profiles import PROFILES, get_profile
 
 

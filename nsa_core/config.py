@@ -15,6 +15,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+from .kinds import KINDS
+
 # A field whose metadata says key=False changes how a run is carried out, not its result:
 # it stays out of the cache key and out of the comparison with the paper's settings.
 NOT_IN_KEY = {"key": False}
@@ -89,7 +91,6 @@ class ModelSpec:
     semi: str | None = None        # "consistency" or "labelled-only" (Sec. 5.3); None: supervised
 
     def __post_init__(self) -> None:
-        from .models import KINDS   # the registry validates kinds; it imports this module
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.semi is not None and self.semi not in SEMI_MODES:
@@ -103,7 +104,6 @@ class ModelSpec:
 
     @property
     def sampling(self) -> str:
-        from .models import KINDS
         return KINDS[self.kind].sampling
 
     def with_(self, **values: Any) -> "ModelSpec":

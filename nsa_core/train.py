@@ -31,7 +31,8 @@ from . import paths, runtime
 from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, remove_stale_temporaries, rng_state,
                          rotate, set_rng_state, write_manifest)
 from .config import ModelSpec
-from .models import build, draw_archs
+from .kinds import draw_archs
+from .models import build
 from .network import WiredNet
 from .step import lr_factor, optimizer, rampup, semi_step, supervised_step
 

@@ -7,7 +7,8 @@ from dataclasses import fields
 import pytest
 
 from nsa_core.config import ModelSpec, Recipe, parse_sets
-from nsa_core.models import KINDS, architectures
+from nsa_core.kinds import KINDS
+from nsa_core.models import architectures
 from nsa_core.profiles import PROFILES, at_paper_scale, get_profile
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from nsa_core import data as D
-from nsa_core.models import KINDS, build
+from nsa_core.kinds import KINDS
+from nsa_core.models import build
 from nsa_core.network import count_params
 from nsa_core.profiles import get_profile
 

@@ -23,7 +23,7 @@ import torch
 
 from nsa_core import cache as C
 from nsa_core import checkpoint as CK
-from nsa_core import models as M
+from nsa_core import kinds as K
 from nsa_core import step as ST
 from nsa_core import train as T
 from nsa_core.config import ModelSpec
@@ -381,10 +381,10 @@ def test_rampup():
 
 def test_draw_archs():
     g = torch.Generator().manual_seed(0)
-    per_batch = M.draw_archs("batch", 50, 10, 4, g)
+    per_batch = K.draw_archs("batch", 50, 10, 4, g)
     assert per_batch.shape == (10,)
     for s in (0, 4, 8):
         assert (per_batch[s:s + 4] == per_batch[s]).all()
-    per_example = M.draw_archs("example", 50, 1000, 4, g)
+    per_example = K.draw_archs("example", 50, 1000, 4, g)
     assert 0 <= per_example.min() and per_example.max() < 50 and len(per_example.unique()) > 40
-    assert (M.draw_archs("fixed", 1, 7, 4, g) == 0).all()
+    assert (K.draw_archs("fixed", 1, 7, 4, g) == 0).all()
