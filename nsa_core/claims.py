@@ -81,6 +81,29 @@ class Estimate:
     def __neg__(self) -> "Estimate":
         return Estimate(-self.value, -self.high, -self.low, self.n_resamples)
 
+    def __rsub__(self, other: float) -> "Estimate":
+        return Estimate(other - self.value, other - self.high, other - self.low, self.n_resamples)
+
+
+def proportion(p: float, n: int, seed: int = 0, n_resamples: int = N_RESAMPLES,
+               confidence: float = CONFIDENCE) -> Estimate:
+    """An accuracy p on n test images known only as a number: resampling n 0/1 outcomes is
+    a binomial draw, so its bootstrap needs no per-image record."""
+    draws = np.random.default_rng(seed).binomial(n, p, n_resamples) / n
+    alpha = 100 * (1 - confidence) / 2
+    low, high = np.percentile(draws, [alpha, 100 - alpha])
+    return Estimate(float(p), float(low), float(high), n_resamples)
+
+
+def within(estimate: Estimate, target: float, tolerance: float) -> Estimate:
+    """tolerance - |estimate - target| with its interval: positive when the estimate lies
+    within `tolerance` of the paper's `target` (a level claim)."""
+    lo, hi = estimate.low - target, estimate.high - target
+    far = max(abs(lo), abs(hi))
+    near = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
+    return Estimate(tolerance - abs(estimate.value - target), tolerance - far, tolerance - near,
+                    estimate.n_resamples)
+
 
 def resample(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
     """[n_resamples, n] indices drawn with replacement from range(n), seeded."""

@@ -97,7 +97,8 @@ class Experiment:
 
     def trained(self, spec: ModelSpec) -> tuple[WiredNet, pd.DataFrame]:
         """The model of `spec`, from the cache or trained now, and its history."""
-        if spec.key not in self.models:
+        first = spec.key not in self.models
+        if first:
             self.models.append(spec.key)
         if not _in_notebook():
             return get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=True)
@@ -107,7 +108,8 @@ class Experiment:
         model, hist = get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=False)
         took = time.time() - t0
         what = f"trained in {took:.0f} s" if took > 5 else "from the model cache"
-        print(f"{spec.kind} S={spec.space}{' ' + spec.semi if spec.semi else ''}: {what}")
+        if first or took > 5:
+            print(f"{spec.kind} S={spec.space}{' ' + spec.semi if spec.semi else ''}: {what}")
         return model, hist
 
     # ------------------------------------------------------------------ knobs and scale

@@ -6,6 +6,7 @@ more than one notebook draws.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 import seaborn as sns
@@ -13,7 +14,7 @@ import torch
 
 from typing import TYPE_CHECKING
 
-from . import evaluate
+from . import claims, evaluate
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -79,11 +80,39 @@ def plot_histograms(scores: pd.DataFrame, by: str, hue: str, title: str, labels:
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
     for ax, g in zip(axes[0], groups):
         part = df[df[by] == g]
-        sns.histplot(part, x="accuracy", hue=hue, bins=20, binrange=(part.accuracy.min(), part.accuracy.max() + 1e-6),
+        # about 2 sqrt(n) bins: 9 for 20 architectures per group, 20 for 100
+        bins = int(np.clip(round(2 * np.sqrt(part.groupby(hue).size().max())), 5, 20))
+        sns.histplot(part, x="accuracy", hue=hue, bins=bins, binrange=(part.accuracy.min(), part.accuracy.max() + 1e-6),
                      element="step", stat="count", common_bins=True, ax=ax)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{by} = {g}")
         ax.set_xlabel("test accuracy (%)")
         ax.set_ylabel("architectures")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ claims' statistics
+
+def arch_difference(scores: pd.DataFrame, column: str, a, b, stat=np.mean, seed: int = 0) -> claims.Estimate:
+    """stat(accuracies under `a`) - stat(accuracies under `b`) of the same architectures
+    (`column` tells a from b: the BN mode, or the model on one training space), with the
+    interval of a bootstrap over architectures: the rows of one resample are the same
+    architectures under both."""
+    wide = scores.pivot(index="arch", columns=column, values="acc").dropna()
+    x, y = wide[a].to_numpy(float), wide[b].to_numpy(float)
+    return claims.bootstrap(lambda i: stat(x[i]) - stat(y[i]), len(x), seed=seed)
+
+
+def spread(values: np.ndarray) -> float:
+    """Standard deviation over architectures (ddof 1, as pandas' std)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def ensemble_hits(member_probs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """[T, N]: whether the ensemble of the first t members is right on each test image (the
+    per-image form of evaluate.ensemble_curve, so that its gains can be bootstrapped)."""
+    p = torch.as_tensor(member_probs).double()
+    return (p.cumsum(0).argmax(2) == torch.as_tensor(labels).long()).numpy().astype(float)
+

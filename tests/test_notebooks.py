@@ -45,6 +45,9 @@ def test_notebook_runs_in_smoke_profile(notebook, results):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     claims = json.loads((results / "smoke" / notebook.stem / "claims.json").read_text())
     assert claims["profile"] == "smoke" and claims["claims"], f"{notebook.stem} recorded no claims"
+    assert claims["paper_scale"] is False
+    assert all(c["kind"] in ("paper claim", "beyond the paper", "sanity check") for c in claims["claims"])
+    assert str(ROOT) not in json.dumps(claims["claims"]) + json.dumps(claims["notes"])   # relative paths only
 
 
 @pytest.mark.slow
@@ -55,6 +58,7 @@ def test_reproduce_writes_report(results):
     assert run.stdout.strip().endswith("REPORT.md")
     text = report.read_text()
     assert "01_bn_disparity" in text and "| notebook | statement |" in text
+    assert "**paper claims: " in text and "**sanity checks: " in text and "bootstrap interval" in text
     assert "](01_bn_disparity/fig2cd_histograms.png)" in text
     assert (results / "smoke" / "executed" / "01_bn_disparity.ipynb").is_file()
     assert (results / "smoke" / "claims.csv").read_text().startswith("notebook,statement,paper,reproduced,verdict,rule")
