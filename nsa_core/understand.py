@@ -116,3 +116,175 @@ def ensemble_hits(member_probs: torch.Tensor, labels: torch.Tensor) -> np.ndarra
     p = torch.as_tensor(member_probs).double()
     return (p.cumsum(0).argmax(2) == torch.as_tensor(labels).long()).numpy().astype(float)
 
+
+# ------------------------------------------------------------------ the guided tour (00)
+
+def synthetic_fallback(profile, data_dir=None) -> dict | None:
+    """Overrides that put the synthetic data set in place of `profile`'s when that cannot be
+    read from the data folder here, else None. Nothing is downloaded: a tour must start in
+    seconds, and the synthetic set keeps the profile's number of training images so that the
+    run takes as long as it would on real data."""
+    from . import data as D
+
+    r = profile.train
+    if r.dataset == "synthetic":
+        return None
+    try:
+        D.load(r.dataset, "test", data_dir, download=False)
+    except D.DataMissing:
+        return {"dataset": "synthetic", "train_size": None, "synthetic_size": r.train_size or r.synthetic_size}
+    return None
+
+
+def draw_wirings(wirings: dict[str, np.ndarray], title: str | None = None) -> plt.Figure:
+    """One column per stage wiring (title -> 0/1 matrix (N+1, N+1), space.py's convention:
+    row = consumer, column = producer): the wiring as a graph on top and as its matrix below,
+    in the same colours (grey: the chain, red: skip edges), so a reader can go from one to
+    the other. The matrix's upper triangle is shaded: no node may read a later output."""
+    import numpy as np
+    from matplotlib.patches import FancyArrowPatch
+
+    from . import space as wspace
+
+    chain, skip = "#555555", "#c0392b"
+    fig, axes = plt.subplots(2, len(wirings), figsize=(3.6 * len(wirings), 5.2), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 2.4]})
+    for col, (name, wiring) in enumerate(wirings.items()):
+        a = wspace.validate_wiring(wiring)
+        n1 = a.shape[0]                       # N + 1 rows: N nodes and the stage output
+        ax = axes[0, col]
+        # Vertices on a line: 0 is the stage input, k the node k, n1 the output; row i of the
+        # matrix is vertex i + 1, column j is vertex j.
+        ax.scatter(range(n1 + 1), np.zeros(n1 + 1), s=330, c="#cfe3f7", edgecolors="#2b5d8a", zorder=3)
+        for v in range(n1 + 1):
+            ax.text(v, 0, "in" if v == 0 else "out" if v == n1 else str(v), ha="center", va="center",
+                    fontsize=7, zorder=4)
+        for i, j in zip(*np.nonzero(a)):
+            u, v = j, i + 1
+            is_skip = v - u > 1
+            ax.add_patch(FancyArrowPatch((u, 0), (v, 0), arrowstyle="-|>", mutation_scale=9, lw=1.0,
+                                         connectionstyle=f"arc3,rad={-0.45 if is_skip else 0}",
+                                         color=skip if is_skip else chain, shrinkA=8, shrinkB=8))
+        ax.set_xlim(-0.6, n1 + 0.6)
+        # Equal aspect keeps arcs round; the widest (rad 0.45 over n1 nodes) rises 0.225 n1.
+        ax.set_ylim(-0.4, 0.23 * n1 + 0.3)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        skips = int(a.sum()) - n1
+        ax.set_title(f"{name}\n{skips} skip edge{'' if skips == 1 else 's'}", fontsize=9)
+
+        ax = axes[1, col]
+        rgb = np.ones((n1, n1, 3))
+        rgb[np.triu(np.ones((n1, n1), bool), k=1)] = (0.93, 0.93, 0.93)
+        rgb[np.eye(n1, dtype=bool)] = (0.62, 0.62, 0.62)
+        rgb[np.tril(a.astype(bool), k=-1)] = (0.94, 0.60, 0.55)
+        ax.imshow(rgb)
+        for i in range(n1):
+            for j in range(i + 1):
+                ax.text(j, i, str(a[i, j]), ha="center", va="center", fontsize=8,
+                        color="black" if a[i, j] else "#999999")
+        ax.set_xticks(range(n1), ["in"] + [str(k) for k in range(1, n1)], fontsize=7)
+        ax.set_yticks(range(n1), [str(k) for k in range(1, n1)] + ["out"], fontsize=7)
+        ax.set_xlabel("producer (column)", fontsize=8)
+        ax.set_ylabel("consumer (row)", fontsize=8)
+        ax.grid(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _registry():
+    """The module that defines the registry of kinds and, beside it, the sampling rule."""
+    import sys
+
+    from .models import KINDS
+
+    return sys.modules[type(KINDS["nsa"]).__module__]
+
+
+def kind_lines(names: tuple[str, ...] = ("nsa", "nsa-i", "nsa-id")) -> str:
+    """The lines of the registry of kinds that define `names`, read from the library's own
+    source, so that a notebook shows the code that runs rather than a copy that can drift."""
+    import inspect
+
+    return "\n".join(line for line in inspect.getsource(_registry()).splitlines()
+                     if any(line.strip().startswith(f'"{n}":') for n in names))
+
+
+def sampling_rule():
+    """The function the trainer calls to give each example its architecture (`draw_archs`)."""
+    return _registry().draw_archs
+
+
+def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """One panel per model (column `model`, in order of appearance): histograms of the same
+    architectures' test accuracy with BN in training mode and in test mode (column `bn`), on
+    bins and an x axis shared by all panels, so that the panels compare as well as the modes.
+    The legend gives each histogram's mean and standard deviation."""
+    import numpy as np
+
+    acc = 100 * scores.acc
+    bins = np.linspace(acc.min() - 0.5, acc.max() + 0.5, 21)
+    models = list(dict.fromkeys(scores.model))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.4), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for bn, colour, label in (("train", "#1f77b4", "BN train mode"), ("test", "#d62728", "BN test mode")):
+            a = 100 * scores[(scores.model == model) & (scores.bn == bn)].acc
+            ax.hist(a, bins=bins, histtype="stepfilled", alpha=0.35, color=colour)
+            ax.hist(a, bins=bins, histtype="step", lw=1.5, color=colour,
+                    label=f"{label}: {a.mean():.1f} ± {a.std(ddof=1):.1f} %")
+        ax.set_title(model)
+        ax.set_xlabel("test accuracy (%)")
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0, 0].set_ylabel("architectures")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_batch_mean_variance(variance: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """evaluate.batch_mean_variance of several models (column `model`) in one panel: the
+    variance across batches of each BN layer's batch mean, log scale, one tick per layer
+    named as the module is (in the order the rows come, the network's module order)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    layers = list(dict.fromkeys(variance.layer))
+    for model, part in variance.groupby("model", sort=False):
+        ax.plot([layers.index(name) for name in part.layer], part.var_mean.to_numpy(), "o-", ms=3, label=model)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)), [name.removesuffix(".bn") for name in layers], rotation=90, fontsize=7)
+    ax.set_xlabel("BN layer")
+    ax.set_ylabel("variance of the batch mean µ")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_small_ensemble(member_probs: torch.Tensor, labels: torch.Tensor, title: str | None = None) -> plt.Figure:
+    """A few ensemble members [T, N, C]: each member's own test accuracy (bars) against the
+    accuracy of the ensemble of the first t members (line, evaluate.ensemble_curve)."""
+    import numpy as np
+
+    y = torch.as_tensor(labels).long()
+    own = (member_probs.argmax(2) == y).double().mean(1).numpy() * 100
+    ens = evaluate.ensemble_curve(member_probs, y) * 100
+    t = np.arange(1, len(own) + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.bar(t, own, color="#9ecae1", label="member t alone")
+    ax.plot(t, ens, "o-", color="#d62728", label="ensemble of members 1..t")
+    ax.axhline(own.mean(), color="#555555", ls=":", lw=1, label=f"mean member: {own.mean():.1f} %")
+    lo, hi = min(own.min(), ens.min()), max(own.max(), ens.max())
+    # Bars start well below the data so their differences show; the legend gets the top.
+    ax.set_ylim(lo - 2 * (hi - lo) - 0.5, hi + 1.5 * (hi - lo) + 1.5)
+    ax.set_xticks(t)
+    ax.set_xlabel("t (architecture)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
