@@ -36,6 +36,7 @@ PAPER_CLAIM = "paper claim"
 BEYOND = "beyond the paper"
 SANITY = "sanity check"
 KINDS = (PAPER_CLAIM, BEYOND, SANITY)
+PLURAL = {PAPER_CLAIM: "paper claims", BEYOND: "claims beyond the paper", SANITY: "sanity checks"}
 
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -246,7 +247,7 @@ def tally_sentence(claims: pd.DataFrame) -> str:
     t = tally(claims)
     parts = []
     for kind, row in t.iterrows():
-        parts.append(f"{row.sum()} {kind}{'s' if row.sum() != 1 else ''}: {row[HOLDS]} hold, {row[FAILS]} do not "
+        parts.append(f"{row.sum()} {PLURAL[kind] if row.sum() != 1 else kind}: {row[HOLDS]} hold, {row[FAILS]} do not "
                      f"hold, {row[INCONCLUSIVE]} inconclusive, {row[NOT_COMPARABLE]} not comparable")
     return "; ".join(parts) if parts else "no claims"
 

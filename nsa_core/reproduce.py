@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import runtime
 from .claims import (CONFIDENCE, FAILS, HOLDS, INCONCLUSIVE, KINDS, N_RESAMPLES, NOT_COMPARABLE,
-                     PAPER_CLAIM, tally)
+                     PAPER_CLAIM, PLURAL, tally)
 from .experiment import CLAIM_FIELDS
 from . import paths
 from .paths import repo_root, results_dir
@@ -210,7 +210,7 @@ def _tally_lines(claims: pd.DataFrame) -> list[str]:
     for kind in KINDS:
         if kind in t.index:
             row = t.loc[kind]
-            lines.append(f"- **{kind}s: {row.sum()}**: {row[HOLDS]} hold, {row[FAILS]} do not hold, "
+            lines.append(f"- **{PLURAL[kind]}: {row.sum()}**: {row[HOLDS]} hold, {row[FAILS]} do not hold, "
                          f"{row[INCONCLUSIVE]} inconclusive, {row[NOT_COMPARABLE]} not comparable at this profile")
     return [f"**{len(claims)} claims tested.**", "", *lines] if lines else ["No claims recorded."]
 
