@@ -19,7 +19,7 @@ import torch
 
 
 MANIFEST = "manifest.json"
-MODEL_FILES = ("model.pt", "history.csv", "spec.json")
+MODEL_FILES = ("model.pt", "history.csv", "curve.csv", "spec.json")
 
 
 class CheckpointError(RuntimeError):

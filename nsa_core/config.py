@@ -57,6 +57,10 @@ class Recipe:
     # how the run is carried out
     eval_batch: int = field(default=500, metadata=NOT_IN_KEY)   # images per evaluation forward
     log_every: int = field(default=20, metadata=NOT_IN_KEY)     # steps between host syncs
+    # Optimiser steps between extra test evaluations inside an epoch (the dense test curve,
+    # curve.csv); None: only the evaluation at each epoch's end. Out of the key: evaluation
+    # runs in test mode on its own generator, so the weights are the same either way.
+    eval_every: int | None = field(default=None, metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
         positive = ("synthetic_size", "width", "nodes", "epochs", "batch_size", "lr", "labelled",
@@ -64,7 +68,7 @@ class Recipe:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("train_size", "test_size", "unlabelled"):
+        for name in ("train_size", "test_size", "unlabelled", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive or None, got {getattr(self, name)!r}")
         for name in ("momentum", "weight_decay", "warmup_epochs", "cutout", "aux_weight", "consistency"):

@@ -30,7 +30,7 @@ from . import data as D
 from . import paths, runtime
 from .claims import (BEYOND, FAILS, HOLDS, INCONCLUSIVE, KINDS, NOT_COMPARABLE, PAPER_CLAIM, SANITY, VERDICTS,
                      markdown_table, tally_sentence)
-from .cache import get_or_train
+from .cache import get_or_train, model_dir
 from .config import ModelSpec
 from .network import WiredNet
 from .profiles import Profile, at_paper_scale, get_profile
@@ -111,6 +111,13 @@ class Experiment:
         if first or took > 5:
             print(f"{spec.kind} S={spec.space}{' ' + spec.semi if spec.semi else ''}: {what}")
         return model, hist
+
+    def curve(self, kind: str, semi: str | None = None, **overrides: Any) -> pd.DataFrame:
+        """The test curve of the model of `kind` (train.CURVE_COLUMNS: a test evaluation every
+        recipe.eval_every steps and at every epoch's end), trained now if missing."""
+        spec = self.spec(kind, semi=semi, **overrides)
+        self.trained(spec)
+        return pd.read_csv(model_dir(spec, self.models_dir, self.data_dir) / "curve.csv")   # train.CURVE
 
     # ------------------------------------------------------------------ knobs and scale
     def knob(self, name: str, value: Any, paper_value: Any) -> Any:

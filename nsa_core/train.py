@@ -38,6 +38,8 @@ from .step import lr_factor, optimizer, rampup, semi_step, supervised_step
 
 
 FAILED = "failed.txt"   # a failed run's reason, in its folder until the next try
+CURVE = "curve.csv"     # every test evaluation of the run: CURVE_COLUMNS, one row per evaluation
+CURVE_COLUMNS = ["step", "epoch", "test_loss", "test_acc"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -111,7 +113,7 @@ class Run:
     device: torch.device
     amp: object
     steps: int                         # optimiser steps per epoch
-    progress: dict = field(default_factory=lambda: dict(epoch=0, step=0, history=[], perm=None, acc=None))
+    progress: dict = field(default_factory=lambda: dict(epoch=0, step=0, history=[], curve=[], perm=None, acc=None))
 
     @property
     def total(self) -> int:
@@ -122,7 +124,7 @@ class Run:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
     def save(self, epoch: int, step: int, perm, acc) -> None:
-        self.progress = dict(epoch=epoch, step=step, history=self.progress["history"], perm=perm, acc=acc)
+        self.progress = dict(self.progress, epoch=epoch, step=step, perm=perm, acc=acc)
         rotate(self.folder, {"spec": self.spec.to_json(), "model": self.model.state_dict(),
                              "opt": self.opt.state_dict(), "rng": rng_state(self.gens),
                              "threads": torch.get_num_threads(), "progress": self.progress})
@@ -250,6 +252,9 @@ def train_epoch(run: Run, epoch: int, bar: tqdm, stop: dict, on_step: Callable[[
             recent.clear()
             bar.set_postfix(epoch=f"{epoch + 1}/{r.epochs}", loss=f"{(sums[0] / sums[2]).item():.3f}",
                             acc=f"{(sums[1] / sums[2]).item():.3f}", refresh=False)
+        if r.eval_every and (g + 1) % r.eval_every == 0 and step < run.steps - 1:
+            curve_point(run, g + 1, *test_pass(run, torch.Generator().manual_seed(20_000 + g)))
+            run.model.train()
         if on_step is not None:
             on_step(g + 1)
         if stop["sig"]:
@@ -257,11 +262,19 @@ def train_epoch(run: Run, epoch: int, bar: tqdm, stop: dict, on_step: Callable[[
             run.say(f"stopped by signal {stop['sig']} at epoch {epoch} step {step + 1}; checkpoint written")
             raise Interrupted(f"training stopped by signal; resume with the same command ({run.folder})")
     test_loss, test_acc = test_pass(run, torch.Generator().manual_seed(10_000 + epoch))
+    curve_point(run, (epoch + 1) * run.steps, test_loss, test_acc)
     row = dict(epoch=epoch + 1, train_loss=(sums[0] / sums[2]).item(), train_acc=(sums[1] / sums[2]).item(),
                test_loss=test_loss, test_acc=test_acc, lr=run.opt.param_groups[0]["lr"], seconds=time.time() - t0)
     if run.spec.semi == "consistency":
         row["consistency"] = (sums[3] / (run.steps - first)).item()
     return row
+
+
+def curve_point(run: Run, g: int, test_loss: float, test_acc: float) -> None:
+    """A point of the test curve after global step g. It lives in the checkpointed progress,
+    so a resumed run writes the curve an uninterrupted one does."""
+    run.progress.setdefault("curve", []).append(dict(step=g, epoch=g / run.steps, test_loss=test_loss,
+                                                     test_acc=test_acc))
 
 
 @torch.no_grad()
@@ -301,10 +314,11 @@ def stop_signals() -> Iterator[dict]:
 
 
 def finish(run: Run) -> pd.DataFrame:
-    """history.csv and model.pt, then the manifest, last: its presence means the folder is
+    """history.csv, curve.csv and model.pt, then the manifest, last: its presence means the folder is
     complete. The checkpoints go only after it."""
     hist = pd.DataFrame(run.progress["history"])
     hist.to_csv(run.folder / "history.csv", index=False)
+    pd.DataFrame(run.progress.get("curve", []), columns=CURVE_COLUMNS).to_csv(run.folder / CURVE, index=False)
     atomic_save({"spec": run.spec.to_json(), "model": run.model.state_dict(), "classes": run.data.classes},
                 run.folder / "model.pt")
     write_manifest(run.folder, run.spec, run.data.identity)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = get_profile("smoke")
 # The smoke profile's kind of network, narrower and on less data (8 steps of 16 images per
 # epoch, 3 epochs), so that each of the many runs below takes a few seconds.
-SMALL = dict(width=0.25, synthetic_size=128, batch_size=16, test_size=64, epochs=3)
+SMALL = dict(width=0.25, synthetic_size=128, batch_size=16, test_size=64, epochs=3, eval_every=3)
 STEPS = 128 // 16
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 
@@ -108,6 +108,8 @@ def semi() -> ModelSpec:
 
 
 SPECS = {"nsa-i": nsa_i, "wrn-dropout": wrn_dropout, "semi": semi}
+# Test evaluations after these global steps: every 3 steps inside an epoch, and each epoch's end.
+CURVE_STEPS = [3, 6, 8, 9, 12, 15, 16, 18, 21, 24]
 
 
 def steps_per_epoch(spec: ModelSpec) -> int:
@@ -132,6 +134,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
     tmp = tmp_path_factory.mktemp("runs")
     spec, k = nsa_i(), kill_points(1, STEPS)
     scenarios = {f"ref-{n}": [train_job(make(), tmp / f"ref-{n}")] for n, make in SPECS.items()}
+    scenarios["epoch-ends-only"] = [train_job(spec.with_(eval_every=None), tmp / "epoch-ends-only")]
     scenarios["sigkill"] = [train_job(spec, tmp / "sigkill", k[0]), train_job(spec, tmp / "sigkill", k[1]),
                             train_job(spec, tmp / "sigkill")]
     for n in ("wrn-dropout", "semi"):
@@ -160,9 +163,10 @@ def assert_same_run(folder: Path, ref: Path) -> None:
     ha = pd.read_csv(folder / "history.csv").drop(columns="seconds")
     hb = pd.read_csv(ref / "history.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(ha, hb, check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(folder / T.CURVE), pd.read_csv(ref / T.CURVE), check_exact=True)
 
 
-FINISHED = ["history.csv", "manifest.json", "model.pt", "spec.json", "train.log"]
+FINISHED = ["curve.csv", "history.csv", "manifest.json", "model.pt", "spec.json", "train.log"]
 
 
 def test_reference_runs_finish(runs):
@@ -170,6 +174,20 @@ def test_reference_runs_finish(runs):
         folder, (rec,) = runs[f"ref-{name}"]
         assert rec["rc"] == 0, rec["stderr"]
         assert rec["files"] == FINISHED   # checkpoints are removed once model.pt is written
+
+
+def test_test_curve_is_dense_and_changes_no_weight(runs):
+    ref = runs["ref-nsa-i"][0]
+    curve, hist = pd.read_csv(ref / T.CURVE), pd.read_csv(ref / "history.csv")
+    assert list(curve.columns) == T.CURVE_COLUMNS and curve.step.tolist() == CURVE_STEPS
+    ends = curve[curve.step % STEPS == 0]
+    assert ends.test_acc.tolist() == hist.test_acc.tolist()   # the epoch-end points are the history's
+    # Evaluations run in test mode on their own generator: without them the weights are the same.
+    sparse = runs["epoch-ends-only"][0]
+    a = torch.load(sparse / "model.pt", weights_only=False)["model"]
+    b = torch.load(ref / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert pd.read_csv(sparse / T.CURVE).step.tolist() == [8, 16, 24]
 
 
 def test_sigkill_in_epochs_1_and_2_then_resume_is_bit_identical(runs):
