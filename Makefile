@@ -6,6 +6,10 @@ PROFILE  ?= tiny
 DATA_DIR ?=
 NOTEBOOKS ?=
 NB       ?=
+# Worker processes that train the plan before the notebooks run. auto: one per GPU on CUDA,
+# else the cores divided by the threads that pay per worker on a CPU (one: two one-thread
+# workers beat one two-thread process here), i.e. one per core.
+JOBS     ?= auto
 # Pinned to the releases served from local disk on the build machines; pyproject admits ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
@@ -28,7 +32,9 @@ test: env
 test-fast: env
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q -m "not slow" tests
 
+# The plan first (every missing model, JOBS at a time), then the notebooks, which then only load.
 reproduce: env
+	$(PY) -m nsa_core train-all --profile $(PROFILE) --jobs $(JOBS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 	$(PY) -m nsa_core reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
 notebook: env

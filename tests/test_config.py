@@ -32,7 +32,7 @@ def test_paper_spec_carries_the_recipe():
 
 
 def test_profiles_are_named_and_default_from_the_environment(monkeypatch):
-    assert set(PROFILES) == {"paper", "tiny", "smoke"}
+    assert set(PROFILES) == {"paper", "gpu", "tiny", "smoke"}
     assert all(p.name == n for n, p in PROFILES.items())
     monkeypatch.delenv("NSA_PROFILE", raising=False)
     assert get_profile().name == "tiny"
@@ -87,7 +87,7 @@ def test_bad_overrides_are_one_line_value_errors(overrides, words):
 
 
 def test_unknown_profile():
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of paper, tiny, smoke"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of paper, tiny, gpu, smoke"):
         get_profile("huge")
 
 
