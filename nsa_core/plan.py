@@ -56,7 +56,8 @@ TOUR_SPACE = 500
 # notebook stem -> the specs it asks the cache for (given its Experiment and the --set values)
 NOTEBOOK_MODELS: dict[str, Callable[[Experiment, dict[str, Any]], list[ModelSpec]]] = {
     "00_tour": _tour,
-    "01_bn_disparity": lambda e, _: [e.spec("nsa", space=S) for S in e.profile.spaces_bn],
+    # 01 also asks for NSA-i: its test curve is the stable reference of the instability claim
+    "01_bn_disparity": lambda e, _: [e.spec(k, space=S) for k in ("nsa", "nsa-i") for S in e.profile.spaces_bn],
     "02_instance_archs": lambda e, _: [e.spec(k, space=S) for k in ("nsa-i", "nsa") for S in e.profile.spaces_bn],
     "03_mode_collapse": lambda e, _: [e.spec(k, space=_mode_collapse_space(e.profile)) for k in ("nsa-i", "nsa-id-agg")],
     "04_unseen_archs": lambda e, _: [e.spec("nsa-i", space=S) for S in e.profile.spaces_unseen],

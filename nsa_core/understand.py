@@ -288,3 +288,47 @@ def plot_small_ensemble(member_probs: torch.Tensor, labels: torch.Tensor, title:
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------- dense test curves (01, 02)
+
+MODEL_COLOURS = {"NSA": "#1f77b4", "NSA-i": "#d62728"}
+
+
+def plot_dense_curves(runs: dict[str, tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]],
+                      title: str) -> plt.Figure:
+    """Training curves per S (paper Figs. 2-3 (a)-(b)) of one or more models on the same
+    axes: model name -> (history per S, test curve per S). Training loss and accuracy per
+    epoch (solid, BN in training mode) against every test evaluation of the curve (thin,
+    BN in test mode), the epoch-end ones marked. The legend sits below the panels."""
+    spaces = list(next(iter(runs.values()))[0])
+    fig, axes = plt.subplots(2, len(spaces), figsize=(4.2 * len(spaces), 6), squeeze=False)
+    for col, S in enumerate(spaces):
+        for row, (what, train, test) in enumerate(CURVES):
+            ax = axes[row, col]
+            for k, (model, (hists, curves)) in enumerate(runs.items()):
+                colour = MODEL_COLOURS.get(model, f"C{k + 2}")
+                hist, curve = hists[S], curves[S]
+                ax.plot(hist.epoch, hist[train], "o-", color=colour, lw=2, label=f"{model} train (BN train mode)")
+                ends = [i for i, e in enumerate(curve.epoch) if e == round(e)]
+                ax.plot(curve.epoch, curve[test], "-s", color=colour, lw=0.9, ms=4, mfc="white", markevery=ends,
+                        label=f"{model} test (BN test mode)")
+            ax.set_title(f"S = {S}: {what}")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(what)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    return fig
+
+
+def curve_spread(curves: dict[str, pd.DataFrame], a: str, b: str, column: str = "test_acc",
+                 seed: int = 0) -> claims.Estimate | None:
+    """std(last points of a's test curve) - std(b's), claims.curve_instability's points of
+    each, both resampled (two_sample); None when either curve is too short."""
+    ta, tb = (claims.curve_instability(curves[m], column) for m in (a, b))
+    if not (len(ta) and len(tb)):
+        return None
+    return claims.two_sample(lambda x, y: np.std(x, ddof=1) - np.std(y, ddof=1), ta, tb, seed=seed)
