@@ -85,6 +85,20 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def for_notebooks(path: Path) -> str:
+    """`path` as the notebooks' parameters get it: relative to the repository root when it
+    lies under the checkout the kernels import nsa_core from (they resolve relative paths
+    against that root, paths.resolve), so executed notebooks and what they write carry no
+    absolute path of this machine; absolute otherwise."""
+    root = repo_root().resolve()
+    if not (root / "pyproject.toml").is_file() or not Path(paths.__file__).resolve().is_relative_to(root):
+        return str(path)
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[str] | None = None,
               report: bool = True, sets: dict[str, Any] | None = None) -> int:
     """Run the notebooks of `profile`; returns the exit code (0 ok, 1 a notebook failed,
@@ -109,7 +123,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
         if not data.is_dir():
             return usage(f"data folder {data} does not exist; pass an existing --data-dir "
                          "(or leave it out for $NSA_DATA_DIR, else ./data)")
-        data_dir = str(data)
+        data_dir = for_notebooks(data)
     if sets:
         blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]
         if blind:
@@ -120,7 +134,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
         executed = paths.writable_folder(results / prof.name / "executed", "results folder")
     except ValueError as e:
         return usage(str(e))
-    params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=str(results))
+    params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=for_notebooks(results))
     if sets:
         params["OVERRIDES"] = dict(sets)
     timings: dict[str, float] = {}

@@ -139,3 +139,14 @@ def test_diverging_run_is_one_error_line(tmp_path, capsys):
     last = err.strip().splitlines()[-1]   # after the progress bar
     assert last.startswith("nsa: error: nsa-i: non-finite training loss at epoch 1, step")
     assert "--set lr=" in last and "Traceback" not in err and out == ""
+
+
+def test_notebooks_get_folders_under_the_checkout_as_relative_paths(tmp_path):
+    from nsa_core import paths
+    from nsa_core.reproduce import for_notebooks
+
+    root = paths.repo_root()
+    assert for_notebooks(root / "results") == "results"
+    assert for_notebooks(root / "results" / "tiny") == "results/tiny"
+    assert paths.resolve(for_notebooks(root / "data")) == root / "data"
+    assert for_notebooks(tmp_path) == str(tmp_path)   # outside the checkout: absolute
