@@ -237,6 +237,7 @@ def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Fig
                     label=f"{label}: {a.mean():.1f} ± {a.std(ddof=1):.1f} %")
         ax.set_title(model)
         ax.set_xlabel("test accuracy (%)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="upper left")
     axes[0, 0].set_ylabel("architectures")
     if title:
@@ -278,12 +279,12 @@ def plot_small_ensemble(member_probs: torch.Tensor, labels: torch.Tensor, title:
     ax.plot(t, ens, "o-", color="#d62728", label="ensemble of members 1..t")
     ax.axhline(own.mean(), color="#555555", ls=":", lw=1, label=f"mean member: {own.mean():.1f} %")
     lo, hi = min(own.min(), ens.min()), max(own.max(), ens.max())
-    # Bars start well below the data so their differences show; the legend gets the top.
-    ax.set_ylim(lo - 2 * (hi - lo) - 0.5, hi + 1.5 * (hi - lo) + 1.5)
+    # Bars start well below the data so that their differences show; accuracies stay in 0..100.
+    ax.set_ylim(max(0.0, lo - 2 * (hi - lo) - 0.5), min(100.0, hi + 0.5 * (hi - lo) + 0.5))
     ax.set_xticks(t)
     ax.set_xlabel("t (architecture)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7, loc="upper center", ncol=3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -332,3 +333,20 @@ def curve_spread(curves: dict[str, pd.DataFrame], a: str, b: str, column: str = 
     if not (len(ta) and len(tb)):
         return None
     return claims.two_sample(lambda x, y: np.std(x, ddof=1) - np.std(y, ddof=1), ta, tb, seed=seed)
+
+
+def plot_variance_by_space(variance: pd.DataFrame) -> plt.Figure:
+    """02's App. C figure: one panel per S (column `S`), the variance across batches of each
+    BN layer's batch mean (log scale) against the layer's position, one line per model."""
+    spaces = list(dict.fromkeys(variance.S))
+    fig, axes = plt.subplots(1, len(spaces), figsize=(5 * len(spaces), 3.5), squeeze=False)
+    for ax, S in zip(axes[0], spaces):
+        for k, (model, part) in enumerate(variance[variance.S == S].groupby("model", sort=False)):
+            ax.plot(part.position, part.var_mean, "o-", ms=4, color=MODEL_COLOURS.get(model, f"C{k + 2}"), label=model)
+        ax.set_yscale("log")
+        ax.set_title(f"S = {S}")
+        ax.set_xlabel("BN layer (in forward order)")
+        ax.set_ylabel("variance of the batch mean")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
