@@ -30,6 +30,7 @@ from .paper import TABLE2 as PAPER_TABLE2
 from .profiles import PROFILES, Profile, at_paper_scale
 
 if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
     from .experiment import Experiment
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN",
@@ -216,3 +217,154 @@ def attack_outcomes(model: WiredNet, images: torch.Tensor, labels: torch.Tensor,
                           acc_adv=out["correct_adv"].mean(), auc=metrics.auc(out["mi_clean"], out["mi_adv"]),
                           n=len(images))
     return out
+
+
+# ------------------------------------------------------------------------ figures (05-07)
+
+def paper_ref(dataset: str) -> str:
+    """The data set of the paper's Table 2 a data set is read against: itself, or CIFAR-10
+    for the smoke profile's synthetic set."""
+    return dataset if dataset in PAPER_TABLE2 else "cifar10"
+
+
+def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tensor], torch.Tensor]]) -> plt.Figure:
+    """05's Table 2 as bars, one row per data set: this run's test error and ECE per method
+    (black dots: the individual architectures of "single") beside the paper's."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    palette = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
+    names = [LABELS[m] for m in METHODS]
+    fig, axes = plt.subplots(len(results), 4, figsize=(16, 2.6 + 1.2 * len(results)), squeeze=False, sharey=True)
+    for row, (ds, (table, probs, labels)) in zip(axes, results.items()):
+        ptab = PAPER_TABLE2[paper_ref(ds)]
+        individual = {"error": [100 * metrics.error(p, labels) for p in probs["single"]],
+                      "ece": [metrics.ece(p, labels) for p in probs["single"]]}
+        panels = [("error", "test error (%)", "this run", table["error"]), ("ece", "ECE", "this run", table["ece"]),
+                  ("error", "test error (%)", "paper", pd.Series({m: ptab[m][1] for m in METHODS})),
+                  ("ece", "ECE", "paper", pd.Series({m: ptab[m][2] for m in METHODS}))]
+        for ax, (col, label, source, values) in zip(row, panels):
+            ax.barh(names, values[list(METHODS)], color=[palette[m] for m in METHODS])
+            if source == "this run":
+                ax.scatter(individual[col], [names[METHODS.index("single")]] * len(individual[col]), color="k",
+                           s=14, zorder=3)
+            for y, m in enumerate(METHODS):
+                v = values[m]
+                at = max(v, *individual[col]) if m == "single" and source == "this run" else v   # right of the dots
+                ax.text(at, y, f" {v:.2f}" if col == "error" else f" {v:.4f}", va="center", fontsize=8)
+            ax.set_xlabel(label)
+            ref = DATASET_NAMES[paper_ref(ds)]
+            ax.set_title(f"{DATASET_NAMES.get(ds, ds)}, this run" if source == "this run" else f"paper, {ref}")
+            ax.margins(x=0.25)
+        row[0].invert_yaxis()
+    fig.suptitle("bars: each method's score; black dots: the individual architectures", y=1.02, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _reliability_column(top, bottom, preds: list[torch.Tensor], labels: torch.Tensor, n_bins: int) -> None:
+    pooled = torch.cat(preds)                       # individuals: all of their predictions
+    y = labels.repeat(len(preds))
+    rel = metrics.reliability(pooled, y, n_bins=n_bins)
+    width = rel["bin_upper"] - rel["bin_lower"]
+    centre = rel["bin_lower"] + width / 2
+    top.bar(centre, rel["count"] / rel["count"].sum(), width=width, color="tab:blue", edgecolor="k", lw=0.5)
+    conf = pooled.max(1).values.mean().item()
+    acc = metrics.accuracy(pooled, y)
+    top.axvline(conf, color="k", ls="--", lw=1, label=f"confidence {conf:.2f}")
+    top.axvline(acc, color="k", ls="-", lw=1, label=f"accuracy {acc:.2f}")
+    top.legend(fontsize=7, loc="upper left")
+    filled = rel["count"] > 0
+    bottom.bar(centre, rel["accuracy"].where(filled, 0.0), width=width, color="tab:blue", edgecolor="k", lw=0.5,
+               label="outputs")
+    gap_lo = rel[["accuracy", "confidence"]].min(axis=1).where(filled, 0.0)
+    gap = (rel["confidence"] - rel["accuracy"]).abs().where(filled, 0.0)
+    bottom.bar(centre, gap, bottom=gap_lo, width=width, color="tab:red", alpha=0.3, edgecolor="tab:red",
+               hatch="//", lw=0.5, label="gap")
+    bottom.plot([0, 1], [0, 1], "k--", lw=1)
+    ece = metrics.ece(pooled, y, n_bins=n_bins)
+    label = (f"ECE {ece:.4f} of the {len(preds)}\nindividuals' predictions pooled\n"
+             f"(table: mean of their ECEs)") if len(preds) > 1 else f"ECE {ece:.4f}"
+    bottom.text(0.97, 0.04, label, ha="right", fontsize=8, bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    bottom.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence")
+
+
+def plot_reliability_grid(probs: dict[str, torch.Tensor], labels: torch.Tensor, title: str,
+                          n_bins: int = 15) -> plt.Figure:
+    """06's reliability diagrams, one column per method (Guo et al. style): top, the share of
+    predictions per confidence bin with the mean confidence and the accuracy; bottom, the
+    accuracy per bin and the gap to the diagonal. "single" pools its individuals' predictions."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(METHODS), figsize=(3.4 * len(METHODS), 6.2), sharex=True,
+                             gridspec_kw={"height_ratios": [1, 2]})
+    for col, m in enumerate(METHODS):
+        _reliability_column(axes[0, col], axes[1, col], predictions(m, probs[m]), labels, n_bins)
+        axes[0, col].set_title(LABELS[m], fontsize=10)
+    axes[0, 0].set_ylabel("share of predictions")
+    axes[1, 0].set_ylabel("accuracy")
+    axes[1, 0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mi_histograms(mi: dict[str, tuple], ood_auc: dict[str, float], in_name: str, ood_name: str) -> plt.Figure:
+    """07's mutual information of in-distribution against out-of-distribution test images,
+    one panel per method (method -> (MI in, MI out)), log-scaled density."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(mi), figsize=(5.5 * len(mi), 3.6), squeeze=False)
+    for ax, (m, (mi_in, mi_out)) in zip(axes[0], mi.items()):
+        bins = np.linspace(0, max(np.concatenate([mi_in, mi_out]).max(), 1e-6), 40)
+        ax.hist(mi_in, bins=bins, alpha=0.6, density=True, label=f"{in_name} test (in)")
+        ax.hist(mi_out, bins=bins, alpha=0.6, density=True, label=f"{ood_name} test (OOD)")
+        ax.set(title=f"{LABELS[m]}: OOD AUC {ood_auc[m]:.3f}", xlabel="mutual information (nats)",
+               ylabel="density (log scale)", yscale="log")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, ...] = ("wrn-dropout", "nsa-id")
+                 ) -> plt.Figure:
+    """07's PGD results against the budget, this run (solid) beside the paper (dashed, its
+    clean point Table 2's accuracy): the ensemble's accuracy under attack, and the AUC of
+    telling attacked from clean images by mutual information."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    from . import attacks, paper
+
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for m in methods:
+        t = attack_table[attack_table.method == m]
+        budget = np.concatenate([[0.0], t.eps.to_numpy() * 255])
+        axes[0].plot(budget, np.concatenate([[t.acc_clean.iloc[0]], t.acc_adv]), "o-", color=palette[m],
+                     label=f"{LABELS[m]} (this run)")
+        axes[1].plot(t.eps * 255, t.auc, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
+        ppgd = paper.PGD[m]
+        shown = [a for a in t.attack if a in ppgd]
+        if not shown:
+            continue
+        eps = [attacks.PGD.from_name(a).eps * 255 for a in shown]
+        clean = 1 - paper.TABLE2["cifar10"][m][1] / 100   # the paper's clean accuracy: Table 2's, CIFAR-10
+        axes[0].plot([0.0] + eps, [clean] + [ppgd[a][0] for a in shown], "s--", color=palette[m], alpha=0.6,
+                     label=f"{LABELS[m]} (paper)")
+        if m == methods[-1]:   # one label for both paper points at budget 0
+            axes[0].annotate("paper's clean points: Table 2 accuracy", (0.0, clean), textcoords="offset points",
+                             xytext=(8, -4), fontsize=7, color="dimgrey")
+        axes[1].plot(eps, [ppgd[a][1] for a in shown], "s--", color=palette[m], alpha=0.6, label=f"{LABELS[m]} (paper)")
+    axes[0].set(xlabel="PGD budget (x/255); 0 = clean", ylabel="accuracy",
+                title=f"accuracy under attack ({n_images} images)")
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[1].set(xlabel="PGD budget (x/255)", ylabel="AUC", title="clean vs attacked, by mutual information")
+    for ax in axes:
+        ax.xaxis.set_major_locator(plt.MultipleLocator(1))
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
