@@ -113,36 +113,50 @@ def normalise(wiring: np.ndarray) -> np.ndarray:
     return a / a.sum(-1, keepdims=True)
 
 
-def draw_architecture(arch: np.ndarray, title: str | None = None):
-    """Draw the three stage DAGs of an architecture (the paper's Fig. 1) and return the
-    matplotlib figure. Nodes sit on a line; chain edges are straight, skip edges arc."""
-    import matplotlib.pyplot as plt
+def _draw_stage(ax, wiring: np.ndarray, stage: int) -> None:
+    """One stage DAG on `ax`: nodes on a line, chain edges straight, skip edges arcing."""
     import networkx as nx
     from matplotlib.patches import FancyArrowPatch
 
-    arch = validate_architecture(arch)
-    n1 = arch.shape[-1]
-    fig, axes = plt.subplots(1, STAGES, figsize=(4.2 * STAGES, 2.6))
-    for s, ax in enumerate(np.atleast_1d(axes)):
-        g = nx.DiGraph()
-        labels = {0: "in", n1: "out"} | {k: str(k) for k in range(1, n1)}
-        g.add_nodes_from(range(n1 + 1))
-        # Row i consumes column j; as a graph vertex, consumer row i is vertex i + 1.
-        g.add_edges_from((j, i + 1) for i, j in zip(*np.nonzero(arch[s])))
-        pos = {v: (v, 0.0) for v in g}
-        nx.draw_networkx_nodes(g, pos, ax=ax, node_size=260, node_color="#cfe3f7", edgecolors="#2b5d8a")
-        nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=7)
-        for u, v in g.edges:
-            skip = v - u > 1
-            ax.add_patch(FancyArrowPatch(pos[u], pos[v], arrowstyle="-|>", mutation_scale=8,
-                                         connectionstyle=f"arc3,rad={-0.5 if skip else 0}",
-                                         color="#c0392b" if skip else "#555", lw=0.9,
-                                         shrinkA=7, shrinkB=7))
-        ax.set_title(f"stage {s + 1}: {int(arch[s].sum() - n1)} skip edges", fontsize=9)
-        ax.set_xlim(-0.6, n1 + 0.6)
-        ax.set_ylim(-0.4, 2.2)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    n1 = wiring.shape[-1]
+    g = nx.DiGraph()
+    labels = {0: "in", n1: "out"} | {k: str(k) for k in range(1, n1)}
+    g.add_nodes_from(range(n1 + 1))
+    # Row i consumes column j; as a graph vertex, consumer row i is vertex i + 1.
+    g.add_edges_from((j, i + 1) for i, j in zip(*np.nonzero(wiring)))
+    pos = {v: (v, 0.0) for v in g}
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=260, node_color="#cfe3f7", edgecolors="#2b5d8a")
+    nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=7)
+    for u, v in g.edges:
+        skip = v - u > 1
+        ax.add_patch(FancyArrowPatch(pos[u], pos[v], arrowstyle="-|>", mutation_scale=8,
+                                     connectionstyle=f"arc3,rad={-0.5 if skip else 0}",
+                                     color="#c0392b" if skip else "#555", lw=0.9,
+                                     shrinkA=7, shrinkB=7))
+    ax.set_title(f"stage {stage + 1}: {int(wiring.sum() - n1)} skip edges", fontsize=9)
+    ax.set_xlim(-0.6, n1 + 0.6)
+    ax.set_ylim(-0.4, 2.2)
+    ax.axis("off")
+
+
+def draw_architecture(arch: np.ndarray, title: str | None = None):
+    """Draw the three stage DAGs of an architecture (the paper's Fig. 1) and return the
+    matplotlib figure. Nodes sit on a line; chain edges are straight, skip edges arc."""
+    return draw_architectures({title or "": arch})
+
+
+def draw_architectures(archs: dict[str, np.ndarray]):
+    """Several architectures in one figure (the paper's Fig. 1), one row each (title ->
+    architecture), its three stage DAGs side by side under the row's title."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(4.2 * STAGES, 2.5 * len(archs)), layout="constrained")
+    rows = fig.subfigures(len(archs), 1, squeeze=False)[:, 0]
+    for row, (title, arch) in zip(rows, archs.items()):
+        arch = validate_architecture(arch)
+        axes = row.subplots(1, STAGES)
+        for s, ax in enumerate(np.atleast_1d(axes)):
+            _draw_stage(ax, arch[s], s)
+        if title:
+            row.suptitle(title, fontsize=10, fontweight="bold")
     return fig

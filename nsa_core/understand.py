@@ -70,12 +70,15 @@ def plot_curves(hists: dict[int, pd.DataFrame], title: str) -> plt.Figure:
     return fig
 
 
-def plot_histograms(scores: pd.DataFrame, by: str, hue: str, title: str, labels: dict | None = None) -> plt.Figure:
-    """One panel per value of `by` (e.g. S): histograms of the architectures' test accuracy
-    (%) for each value of `hue` (e.g. the BN mode), on shared bins (paper Figs. 2, 3, 5)."""
+def plot_histograms(scores: pd.DataFrame, by: str, hue: str, title: str, labels: dict | None = None,
+                    titles: dict | None = None, palette: dict | None = None) -> plt.Figure:
+    """One panel per value of `by` (e.g. S; `titles` may name the panels): histograms of the
+    architectures' test accuracy (%) for each value of `hue` (e.g. the BN mode), on shared
+    bins (paper Figs. 2, 3, 5). One legend, right of the panels, covers no data."""
     df = scores.assign(accuracy=100 * scores.acc)
     if labels:
         df[hue] = df[hue].map(labels)
+    order = list(dict.fromkeys(df[hue]))   # the same colour for a hue value in every panel
     groups = list(df[by].unique())
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
     for ax, g in zip(axes[0], groups):
@@ -83,11 +86,18 @@ def plot_histograms(scores: pd.DataFrame, by: str, hue: str, title: str, labels:
         # about 2 sqrt(n) bins: 9 for 20 architectures per group, 20 for 100
         bins = int(np.clip(round(2 * np.sqrt(part.groupby(hue).size().max())), 5, 20))
         sns.histplot(part, x="accuracy", hue=hue, bins=bins, binrange=(part.accuracy.min(), part.accuracy.max() + 1e-6),
-                     element="step", stat="count", common_bins=True, ax=ax)
+                     element="step", stat="count", common_bins=True, hue_order=order,
+                     palette=palette, ax=ax)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{by} = {g}")
+        ax.set_title((titles or {}).get(g, f"{by} = {g}"))
         ax.set_xlabel("test accuracy (%)")
         ax.set_ylabel("architectures")
+    for ax in axes[0, :-1]:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if axes[0, -1].get_legend() is not None:
+        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8,
+                        title_fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -280,3 +280,17 @@ def test_draw_architecture():
         plt.close(fig)
     with pytest.raises(ValueError):
         sp.draw_architecture(arch[:2])
+
+
+def test_draw_architectures_puts_each_architecture_in_a_row():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = sp.training_space(2, nodes=4, seed=0)
+    fig = sp.draw_architectures({"first": archs[0], "second": archs[1]})
+    try:
+        assert len(fig.axes) == 6
+        assert [sf._suptitle.get_text() for sf in fig.subfigs] == ["first", "second"]
+    finally:
+        plt.close(fig)
