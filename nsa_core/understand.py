@@ -360,3 +360,36 @@ def plot_variance_by_space(variance: pd.DataFrame) -> plt.Figure:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def rank_correlation(scores: pd.DataFrame, model: str, S: int, seed: int = 0) -> claims.Estimate:
+    """Spearman correlation between the BN modes' accuracies of `model`'s architectures at S
+    (scores: columns model, S, arch, bn, acc), bootstrap over architectures."""
+    from . import metrics
+
+    w = scores[(scores.model == model) & (scores.S == S)].pivot(index="arch", columns="bn", values="acc")
+    a, b = w["train"].to_numpy(), w["test"].to_numpy()
+    return claims.bootstrap(lambda i: metrics.spearman(a[i], b[i]), len(w), seed=seed)
+
+
+def plot_spearman(rows: pd.DataFrame, title: str) -> plt.Figure:
+    """Grouped bars per S (rows: columns S, model, value, low, high; low/high NaN where there
+    is no interval, as for the paper's values), with the bootstrap interval as an error bar."""
+    spaces, models = list(dict.fromkeys(rows.S)), list(dict.fromkeys(rows.model))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for k, model in enumerate(models):
+        part = rows[rows.model == model].set_index("S").reindex(spaces)
+        x = np.arange(len(spaces)) + (k - (len(models) - 1) / 2) * width
+        err = np.vstack([part.value - part.low, part.high - part.value])
+        colour = MODEL_COLOURS.get(model.removeprefix("paper "), f"C{k}")   # the paper's value: faded
+        ax.bar(x, part.value, width, color=colour, alpha=0.35 if model.startswith("paper") else 0.9, label=model)
+        has = np.isfinite(err).all(0)
+        ax.errorbar(x[has], part.value[has], yerr=err[:, has], fmt="none", ecolor="k", capsize=3, lw=1)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(spaces)), [f"S = {S}" for S in spaces])
+    ax.set_ylabel("Spearman")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return fig
