@@ -60,7 +60,9 @@ NOTEBOOK_MODELS: dict[str, Callable[[Experiment, dict[str, Any]], list[ModelSpec
     "01_bn_disparity": lambda e, _: [e.spec(k, space=S) for k in ("nsa", "nsa-i") for S in e.profile.spaces_bn],
     "02_instance_archs": lambda e, _: [e.spec(k, space=S) for k in ("nsa-i", "nsa") for S in e.profile.spaces_bn],
     "03_mode_collapse": lambda e, _: [e.spec(k, space=_mode_collapse_space(e.profile)) for k in ("nsa-i", "nsa-id-agg")],
-    "04_unseen_archs": lambda e, _: [e.spec("nsa-i", space=S) for S in e.profile.spaces_unseen],
+    # 04's App. D reuses 01's NSA models at the spaces both notebooks have
+    "04_unseen_archs": lambda e, _: [e.spec("nsa-i", space=S) for S in e.profile.spaces_unseen] +
+    [e.spec("nsa", space=S) for S in e.profile.spaces_unseen if S in e.profile.spaces_bn],
     "05_ensemble": lambda e, _: _table2(e, e.profile.ensemble_datasets),
     "06_calibration": lambda e, _: _table2(e, e.profile.ensemble_datasets),
     "07_uncertainty": lambda e, _: _table2(e, (e.profile.train.dataset,), ("wrn-dropout", "nsa-id")),
