@@ -294,7 +294,7 @@ def plot_small_ensemble(member_probs: torch.Tensor, labels: torch.Tensor, title:
     ax.set_xticks(t)
     ax.set_xlabel("t (architecture)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)   # below the x label
     if title:
         ax.set_title(title)
     fig.tight_layout()
