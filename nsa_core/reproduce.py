@@ -255,8 +255,10 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     claims = pd.DataFrame(rows, columns=["notebook", *CLAIM_FIELDS])
     claims.to_csv(folder / "claims.csv", index=False)
 
-    settings = records[0]["settings"] if records else get_profile(profile_name).as_dict()
-    differing = sorted({r["notebook"] for r in records if r["settings"] != settings})
+    # the replications' settings: the tour (no claims) trains with its own small ones
+    replications = [r for r in records if r["claims"]]
+    settings = replications[0]["settings"] if replications else get_profile(profile_name).as_dict()
+    differing = sorted({r["notebook"] for r in replications if r["settings"] != settings})
 
     md = [f"# NSA replication report: profile `{profile_name}`", "",
           f"Written {time.strftime('%Y-%m-%d %H:%M')}. Paper: *Understanding and Exploring the Network "
