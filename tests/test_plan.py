@@ -20,11 +20,11 @@ def test_every_notebook_is_declared():
 def test_the_tiny_plan():
     specs = plan.specs("tiny", [f"{i:02d}" for i in range(1, 9)])
     kinds = [s.kind for s, _ in specs.values()]
-    # 01/02: NSA and NSA-i at S = 500, 5000; 03: NSA-id-agg at 500; 04: NSA-i at 5, 50;
+    # 01/02: NSA and NSA-i at S = 500, 5000; 03: NSA-id-agg at 500; 04: NSA-i at 5, 50 (and 01's);
     # 05-07: WRN, WRN + dropout, 5 individuals, NSA-id on CIFAR-10 and CIFAR-100; 08: three semi
     assert len(specs) == 26 and kinds.count("single") == 10 and kinds.count("nsa-i") == 4
     shared = specs[get_profile("tiny").spec("nsa-i", space=500, seed=0).key][1]
-    assert shared == ("02_instance_archs", "03_mode_collapse", "04_unseen_archs")
+    assert shared == ("01_bn_disparity", "02_instance_archs", "03_mode_collapse", "04_unseen_archs")
     assert set(plan.specs("tiny", ["1", "03"])) < set(specs)
     with pytest.raises(KeyError, match="no notebook numbered"):
         plan.specs("tiny", ["99"])
