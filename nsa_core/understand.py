@@ -237,7 +237,7 @@ def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Fig
     acc = 100 * scores.acc
     bins = np.linspace(acc.min() - 0.5, acc.max() + 0.5, 21)
     models = list(dict.fromkeys(scores.model))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.4), sharex=True, sharey=True,
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.0), sharex=True, sharey=True,
                              squeeze=False)
     for ax, model in zip(axes[0], models):
         for bn, colour, label in (("train", "#1f77b4", "BN train mode"), ("test", "#d62728", "BN test mode")):
@@ -248,7 +248,7 @@ def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Fig
         ax.set_title(model)
         ax.set_xlabel("test accuracy (%)")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3))   # below the x label, clear of the bars
     axes[0, 0].set_ylabel("architectures")
     if title:
         fig.suptitle(title)
@@ -257,17 +257,23 @@ def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Fig
 
 
 def plot_batch_mean_variance(variance: pd.DataFrame, title: str | None = None) -> plt.Figure:
-    """evaluate.batch_mean_variance of several models (column `model`) in one panel: the
-    variance across batches of each BN layer's batch mean, log scale, one tick per layer
-    named as the module is (in the order the rows come, the network's module order)."""
+    """evaluate.batch_mean_variance of several models (column `model`) in one panel: per BN
+    layer, the variance over batches of the per-channel batch mean of that layer's input,
+    averaged over channels; log scale, one tick per layer named as the module is (in the order
+    the rows come, the network's module order). Markers only, side by side per layer: the
+    layers are separate measurements, so no line joins them."""
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     layers = list(dict.fromkeys(variance.layer))
-    for model, part in variance.groupby("model", sort=False):
-        ax.plot([layers.index(name) for name in part.layer], part.var_mean.to_numpy(), "o-", ms=3, label=model)
+    groups = list(variance.groupby("model", sort=False))
+    for k, (model, part) in enumerate(groups):
+        shift = 0.15 * (k - (len(groups) - 1) / 2)
+        ax.plot([layers.index(name) + shift for name in part.layer], part.var_mean.to_numpy(), "o", ms=4,
+                ls="none", label=model)
     ax.set_yscale("log")
     ax.set_xticks(range(len(layers)), [name.removesuffix(".bn") for name in layers], rotation=90, fontsize=7)
+    ax.grid(True, axis="x", lw=0.3, alpha=0.5)
     ax.set_xlabel("BN layer")
-    ax.set_ylabel("variance of the batch mean µ")
+    ax.set_ylabel("var over batches of the batch mean\nof the BN input (mean over channels)", fontsize=8)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
