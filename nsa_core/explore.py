@@ -115,8 +115,8 @@ def table2_probs(exp: Experiment, dataset: str, methods: Iterable[str] = METHODS
     return {m: cache[m]["probs"] for m in methods}, test.labels
 
 
-def ood_set(exp: Experiment, name: str, n: int) -> tuple[D.Split | None, str | None]:
-    """(split, name) of the out-of-distribution test set: `name` (n images), else the local
+def ood_set(exp: Experiment, name: str, n: int | None = None) -> tuple[D.Split | None, str | None]:
+    """(split, name) of the out-of-distribution test set: `name` (n images; None: all), else the local
     Fashion-MNIST stand-in, else (None, None). Every substitution is recorded by exp.note."""
     try:
         return evaluate.load_ood(name, exp.data_dir, n=n, seed=exp.seed), name

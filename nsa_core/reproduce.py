@@ -203,6 +203,15 @@ def _hardware() -> list[str]:
             f"precision {numerics} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
 
 
+def _flat_settings(settings: dict[str, Any]) -> list[list[Any]]:
+    """One row per setting: the supervised recipe as train.KEY, the semi-supervised one as
+    semi.KEY where it differs from it, then the notebooks' knobs."""
+    train, semi = settings.get("train", {}), settings.get("semi", {})
+    rows = [[f"train.{k}", v] for k, v in train.items()]
+    rows += [[f"semi.{k}", v] for k, v in semi.items() if train.get(k) != v]
+    return rows + [[k, v] for k, v in settings.items() if k not in ("train", "semi")]
+
+
 def _cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
@@ -272,7 +281,7 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     else:
         md.append("No timings recorded (the notebooks were not run by `make reproduce`).")
     md += ["", "## Profile settings", ""]
-    md += _table([[k, v] for k, v in settings.items()], ["setting", "value"])
+    md += _table(_flat_settings(settings), ["setting", "value"])
     if differing:
         md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
                "(an earlier run with other --set values); rerun them to make the report consistent."]
