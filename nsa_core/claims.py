@@ -129,6 +129,40 @@ def bootstrap(statistic: Callable[..., float], *sizes: int, n_resamples: int = N
     return Estimate(value, float(low), float(high), n_resamples)
 
 
+# Intervals drawn in figures: fewer resamples than a verdict's, since a figure draws many of
+# them (one per curve point or bar) and only shows their width.
+PLOT_RESAMPLES = 200
+
+
+def mean_bands(values, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
+               confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the mean of each row of `values` [K, N] over its N units (test images),
+    every row resampled on the same draws: one matrix product per call, so a whole curve's band
+    (a [T, N] hit matrix) is cheap."""
+    v = np.atleast_2d(np.asarray(values, float))
+    n = v.shape[1]
+    idx = resample(n, n_resamples, seed)
+    counts = np.stack([np.bincount(i, minlength=n) for i in idx]).astype(float)   # [B, N]
+    means = counts @ v.T / n                                                        # [B, K]
+    alpha = 100 * (1 - confidence) / 2
+    low, high = np.percentile(means, [alpha, 100 - alpha], axis=0)
+    return low, high
+
+
+def metric_estimate(metric: Callable[[torch.Tensor, torch.Tensor], float], preds, labels: torch.Tensor,
+                    n_resamples: int = PLOT_RESAMPLES, seed: int = 0) -> Estimate:
+    """metric(preds, labels) over resampled test images; a list of predictions is scored one
+    by one and averaged (the average of individuals), as the tables score them."""
+    y = torch.as_tensor(labels)
+    preds = preds if isinstance(preds, list) else [preds]
+
+    def score(i) -> float:
+        i = torch.as_tensor(i)
+        return float(np.mean([metric(p[i], y[i]) for p in preds]))
+
+    return bootstrap(score, len(y), n_resamples=n_resamples, seed=seed)
+
+
 def verdict(difference: Estimate, comparable: bool = True) -> str:
     """The verdict from the interval of a difference oriented so that positive is the paper's
     direction."""

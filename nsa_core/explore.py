@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -233,6 +234,8 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from .claims import PLOT_RESAMPLES
+
     palette = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
     names = [LABELS[m] for m in METHODS]
     fig, axes = plt.subplots(len(results), 4, figsize=(16, 2.6 + 1.2 * len(results)), squeeze=False, sharey=True)
@@ -240,6 +243,7 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
         ptab = PAPER_TABLE2[paper_ref(ds)]
         individual = {"error": [100 * metrics.error(p, labels) for p in probs["single"]],
                       "ece": [metrics.ece(p, labels) for p in probs["single"]]}
+        bands = table2_intervals(probs, labels)
         panels = [("error", "test error (%)", "this run", table["error"]), ("ece", "ECE", "this run", table["ece"]),
                   ("error", "test error (%)", "paper", pd.Series({m: ptab[m][1] for m in METHODS})),
                   ("ece", "ECE", "paper", pd.Series({m: ptab[m][2] for m in METHODS}))]
@@ -248,18 +252,62 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
             if source == "this run":
                 ax.scatter(individual[col], [names[METHODS.index("single")]] * len(individual[col]), color="k",
                            s=14, zorder=3)
+                lo, hi = (bands[col][b][list(METHODS)].to_numpy() for b in ("low", "high"))
+                v = values[list(METHODS)].to_numpy()
+                ax.errorbar(v, names, xerr=[v - lo, hi - v], fmt="none", ecolor="dimgrey", capsize=3, zorder=4)
             for y, m in enumerate(METHODS):
                 v = values[m]
-                at = max(v, *individual[col]) if m == "single" and source == "this run" else v   # right of the dots
+                dots = individual[col] if m == "single" else []
+                at = v if source == "paper" else max([bands[col]["high"][m], *dots])   # right of bar and dots
                 ax.text(at, y, f" {v:.2f}" if col == "error" else f" {v:.4f}", va="center", fontsize=8)
             ax.set_xlabel(label)
             ref = DATASET_NAMES[paper_ref(ds)]
             ax.set_title(f"{DATASET_NAMES.get(ds, ds)}, this run" if source == "this run" else f"paper, {ref}")
             ax.margins(x=0.25)
         row[0].invert_yaxis()
-    fig.suptitle("bars: each method's score; black dots: the individual architectures", y=1.02, fontsize=10)
+    fig.suptitle("bars: each method's score; grey whiskers: 95 % bootstrap interval over test images "
+                 f"({PLOT_RESAMPLES} resamples); black dots: the individual architectures", y=1.02, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def table2_intervals(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 15
+                     ) -> dict[str, pd.DataFrame]:
+    """Bootstrap intervals over test images of each method's test error (%) and ECE, scored as
+    `scores` scores them: {"error" | "ece": DataFrame, rows METHODS, columns low, high}."""
+    from . import claims
+
+    out = {}
+    for col, metric in (("error", lambda p, y: 100 * metrics.error(p, y)),
+                        ("ece", lambda p, y: metrics.ece(p, y, n_bins))):
+        est = {m: claims.metric_estimate(metric, predictions(m, probs[m]), labels) for m in METHODS if m in probs}
+        out[col] = pd.DataFrame({m: {"low": e.low, "high": e.high} for m, e in est.items()}).T
+    return out
+
+
+def draw_ece_intervals(ax, probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 15) -> None:
+    """Error bars on a horizontal bar chart of ECE with one bar per method, in METHODS order
+    (06's calibration scores): each method's bootstrap interval over test images."""
+    from .claims import PLOT_RESAMPLES
+
+    ci = table2_intervals(probs, labels, n_bins)["ece"].reindex(list(METHODS))
+    value = pd.Series({m: float(pd.Series([metrics.ece(p, labels, n_bins) for p in predictions(m, probs[m])]).mean())
+                       for m in METHODS})
+    err = [(value - ci["low"]).to_numpy(), (ci["high"] - value).to_numpy()]
+    ax.errorbar(value.to_numpy(), np.arange(len(METHODS)), xerr=err, fmt="none", ecolor="k", capsize=3)
+    ax.set_xlabel(f"lower is better; 95 % CI, {PLOT_RESAMPLES} resamples of images")
+
+
+def pooled_ece(preds: list[torch.Tensor], labels: torch.Tensor, n_bins: int = 15):
+    """ECE of predictions pooled over a list of predictors, with its interval: the test images
+    are resampled, each drawn image bringing all of its predictions."""
+    from . import claims
+
+    def stat(i) -> float:
+        i = torch.as_tensor(i)
+        return metrics.ece(torch.cat([p[i] for p in preds]), labels[i].repeat(len(preds)), n_bins=n_bins)
+
+    return claims.bootstrap(stat, len(labels), n_resamples=claims.PLOT_RESAMPLES)
 
 
 def _reliability_column(top, bottom, preds: list[torch.Tensor], labels: torch.Tensor, n_bins: int) -> None:
@@ -282,9 +330,9 @@ def _reliability_column(top, bottom, preds: list[torch.Tensor], labels: torch.Te
     bottom.bar(centre, gap, bottom=gap_lo, width=width, color="tab:red", alpha=0.3, edgecolor="tab:red",
                hatch="//", lw=0.5, label="gap")
     bottom.plot([0, 1], [0, 1], "k--", lw=1)
-    ece = metrics.ece(pooled, y, n_bins=n_bins)
-    label = (f"ECE {ece:.4f} of the {len(preds)}\nindividuals' predictions pooled\n"
-             f"(table: mean of their ECEs)") if len(preds) > 1 else f"ECE {ece:.4f}"
+    ece = pooled_ece(preds, labels, n_bins)
+    label = (f"ECE {ece.fmt(4)}\nof the {len(preds)} individuals' predictions\npooled "
+             f"(table: mean of their ECEs)") if len(preds) > 1 else f"ECE {ece.fmt(4)}"
     bottom.text(0.97, 0.04, label, ha="right", fontsize=8, bbox=dict(facecolor="white", alpha=0.8, lw=0))
     bottom.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence")
 
@@ -296,6 +344,8 @@ def plot_reliability_grid(probs: dict[str, torch.Tensor], labels: torch.Tensor, 
     accuracy per bin and the gap to the diagonal. "single" pools its individuals' predictions."""
     import matplotlib.pyplot as plt
 
+    from .claims import PLOT_RESAMPLES
+
     fig, axes = plt.subplots(2, len(METHODS), figsize=(3.4 * len(METHODS), 6.2), sharex=True,
                              gridspec_kw={"height_ratios": [1, 2]})
     for col, m in enumerate(METHODS):
@@ -304,7 +354,8 @@ def plot_reliability_grid(probs: dict[str, torch.Tensor], labels: torch.Tensor, 
     axes[0, 0].set_ylabel("share of predictions")
     axes[1, 0].set_ylabel("accuracy")
     axes[1, 0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\nECE [95 % bootstrap interval over test images, {PLOT_RESAMPLES} resamples]",
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -328,25 +379,52 @@ def plot_mi_histograms(mi: dict[str, tuple], ood_auc: dict[str, float], in_name:
     return fig
 
 
-def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, ...] = ("wrn-dropout", "nsa-id")
-                 ) -> plt.Figure:
+def attack_intervals(outcomes: dict, method: str, attack_names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Bootstrap intervals over the attacked images of one method's accuracy (clean, then one
+    per attack) and of its clean-vs-attacked AUC per attack, from attack_outcomes' per-image
+    records keyed (method, attack): {"acc" | "auc": [2, K] low/high rows}."""
+    from . import claims
+
+    names = list(attack_names)
+    first = outcomes[method, names[0]]
+    hits = [first["correct_clean"]] + [outcomes[method, a]["correct_adv"] for a in names]
+    acc = np.stack(claims.mean_bands(np.stack(hits)))
+
+    def auc(a: str) -> claims.Estimate:
+        o = outcomes[method, a]
+        return claims.bootstrap(lambda i, j: metrics.auc(o["mi_clean"][i], o["mi_adv"][j]), len(o["mi_clean"]),
+                                len(o["mi_adv"]), n_resamples=claims.PLOT_RESAMPLES)
+
+    aucs = [auc(a) for a in names]
+    return {"acc": acc, "auc": np.array([[e.low for e in aucs], [e.high for e in aucs]])}
+
+
+def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, ...] = ("wrn-dropout", "nsa-id"),
+                 outcomes: dict | None = None) -> plt.Figure:
     """07's PGD results against the budget, this run (solid) beside the paper (dashed, its
     clean point Table 2's accuracy): the ensemble's accuracy under attack, and the AUC of
-    telling attacked from clean images by mutual information."""
+    telling attacked from clean images by mutual information. With attack_outcomes' per-image
+    `outcomes`, this run's points carry their bootstrap intervals."""
     import matplotlib.pyplot as plt
-    import numpy as np
     import seaborn as sns
 
     from . import attacks, paper
+    from .claims import PLOT_RESAMPLES
 
     palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for m in methods:
+    for k, m in enumerate(methods):
         t = attack_table[attack_table.method == m]
-        budget = np.concatenate([[0.0], t.eps.to_numpy() * 255])
-        axes[0].plot(budget, np.concatenate([[t.acc_clean.iloc[0]], t.acc_adv]), "o-", color=palette[m],
-                     label=f"{LABELS[m]} (this run)")
-        axes[1].plot(t.eps * 255, t.auc, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
+        dodge = 0.06 * (k - (len(methods) - 1) / 2)   # so that the methods' error bars do not overlap
+        budget = np.concatenate([[0.0], t.eps.to_numpy() * 255]) + dodge
+        accs = np.concatenate([[t.acc_clean.iloc[0]], t.acc_adv])
+        axes[0].plot(budget, accs, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
+        axes[1].plot(budget[1:], t.auc, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
+        if outcomes is not None:
+            ci = attack_intervals(outcomes, m, t.attack)
+            axes[0].errorbar(budget, accs, yerr=np.abs(ci["acc"] - accs), fmt="none", ecolor=palette[m], capsize=3)
+            axes[1].errorbar(budget[1:], t.auc, yerr=np.abs(ci["auc"] - t.auc.to_numpy()), fmt="none",
+                             ecolor=palette[m], capsize=3)
         ppgd = paper.PGD[m]
         shown = [a for a in t.attack if a in ppgd]
         if not shown:
@@ -359,6 +437,9 @@ def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, 
             axes[0].annotate("paper's clean points: Table 2 accuracy", (0.0, clean), textcoords="offset points",
                              xytext=(8, -4), fontsize=7, color="dimgrey")
         axes[1].plot(eps, [ppgd[a][1] for a in shown], "s--", color=palette[m], alpha=0.6, label=f"{LABELS[m]} (paper)")
+    if outcomes is not None:
+        fig.suptitle(f"error bars: 95 % bootstrap interval over the attacked images ({PLOT_RESAMPLES} resamples)",
+                     fontsize=9)
     axes[0].set(xlabel="PGD budget (x/255); 0 = clean", ylabel="accuracy",
                 title=f"accuracy under attack ({n_images} images)")
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")

@@ -90,3 +90,17 @@ def test_tally_and_markdown_keep_kinds_apart_and_cells_whole():
     md = claims.markdown_table(df)
     assert "x" * 80 in md and "y \\| z" in md
     assert "1 paper claim: 1 hold" in claims.tally_sentence(df)
+
+
+def test_plot_intervals_match_the_bootstrap_of_a_mean():
+    # mean_bands draws the same images as bootstrap (same seed), so a figure's band is the
+    # interval a claim on that mean would use, only with fewer resamples.
+    hits = (np.random.default_rng(1).random((3, 400)) < [[0.5], [0.7], [0.9]]).astype(float)
+    low, high = claims.mean_bands(hits, n_resamples=200)
+    for k in range(3):
+        e = claims.bootstrap(lambda i: hits[k][i].mean(), 400, n_resamples=200)
+        assert low[k] == pytest.approx(e.low) and high[k] == pytest.approx(e.high)
+    y = torch.arange(400) % 4
+    probs = torch.nn.functional.one_hot(y, 4).float()
+    e = claims.metric_estimate(metrics.accuracy, [probs, probs.roll(1, 0)], y)
+    assert e.n_resamples == claims.PLOT_RESAMPLES and e.low <= e.value <= e.high
