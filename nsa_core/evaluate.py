@@ -330,18 +330,16 @@ def ensemble_members(model: WiredNet, norm: str, archs: ArchLike | None = None, 
     return arch_members, T
 
 
-def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
-                  archs: ArchLike | None = None, mc_samples: int | None = None, batch: int = 250,
-                  seed: int = 0, fresh: bool = True) -> dict:
-    """White-box PGD against the whole ensemble (paper Table 3): acc_clean and acc_adv are the
-    accuracies of the ensemble's averaged prediction on clean and attacked images, auc is the
-    AUC of telling attacked (positive) from clean (negative) images by mutual information.
-    By default (fresh=True, as the authors do) every forward, each PGD step and the final
-    evaluation alike, draws new members (`ensemble_members`); fresh=False attacks and scores
-    one fixed set of members, the stronger attack.
-
-    `batch` bounds the images per forward, replicas included: each forward attacks
-    max(1, batch // T) images. The random start is drawn from a generator seeded by `seed`."""
+def attacked_members(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
+                     archs: ArchLike | None = None, mc_samples: int | None = None, batch: int = 250,
+                     seed: int = 0, fresh: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """White-box PGD against the whole ensemble: the members' probabilities [T, N, C] on the
+    clean and on the attacked images, and the labels [N]. By default (fresh=True, as the
+    authors do) every forward, each PGD step and the final evaluation alike, draws new members
+    (`ensemble_members`); fresh=False attacks and scores one fixed set of members, the
+    stronger attack. `batch` bounds the images per forward, replicas included: each forward
+    attacks max(1, batch // T) images. The random start is drawn from a generator seeded by
+    `seed`."""
     members, T = ensemble_members(model, norm, archs, mc_samples, seed, fresh)
     n = len(images)
     if len(labels) != n:
@@ -362,10 +360,21 @@ def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, n
                 clean.append(members(x).cpu())
                 adv.append(members(x_adv).cpu())
             y_all.append(y.cpu())
-    p_clean, p_adv, y = torch.cat(clean, 1), torch.cat(adv, 1), torch.cat(y_all)
+    return torch.cat(clean, 1), torch.cat(adv, 1), torch.cat(y_all)
+
+
+def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
+                  archs: ArchLike | None = None, mc_samples: int | None = None, batch: int = 250,
+                  seed: int = 0, fresh: bool = True) -> dict:
+    """PGD against the whole ensemble (paper Table 3; `attacked_members`): acc_clean and
+    acc_adv are the accuracies of the ensemble's averaged prediction on clean and attacked
+    images, auc is the AUC of telling attacked (positive) from clean (negative) images by
+    mutual information."""
+    p_clean, p_adv, y = attacked_members(model, images, labels, norm, attack, archs, mc_samples, batch, seed, fresh)
     return dict(attack=attack.name, eps=attack.eps,
                 acc_clean=metrics.accuracy(p_clean.mean(0), y), acc_adv=metrics.accuracy(p_adv.mean(0), y),
-                auc=metrics.auc(metrics.mutual_information(p_clean), metrics.mutual_information(p_adv)), n=n)
+                auc=metrics.auc(metrics.mutual_information(p_clean), metrics.mutual_information(p_adv)),
+                n=len(images))
 
 
 # ------------------------------------------------------------- BN recalibration (beyond the paper)
@@ -465,5 +474,5 @@ def recalibrated_scores(model: WiredNet, calibration: torch.Tensor, images: torc
 
 
 __all__ = ["predict", "arch_scores", "member_probs", "ensemble_curve", "mc_dropout_probs",
-           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attack_report",
+           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attacked_members", "attack_report",
            "recalibrated_scores"]

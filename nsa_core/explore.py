@@ -28,7 +28,7 @@ from .config import Recipe
 from .models import build
 from .network import WiredNet, count_params
 from .paper import TABLE2 as PAPER_TABLE2
-from .profiles import PROFILES, Profile, at_paper_scale
+from .profiles import PROFILES, Profile
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -190,27 +190,11 @@ def histories(models: dict[str, list[tuple[WiredNet, pd.DataFrame]]]) -> dict[st
 
 def attack_outcomes(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack,
                     archs=None, mc_samples: int | None = None, batch: int = 250, seed: int = 0) -> dict:
-    """evaluate.attack_report's attack (the same random streams, so the same numbers), kept
+    """evaluate.attack_report's attack (`evaluate.attacked_members`, so the same numbers), kept
     per image so that its accuracies and AUC can be bootstrapped: correct_clean, correct_adv
     (0/1 per image), mi_clean, mi_adv (mutual information per image), and the summary."""
-    from .attacks import pgd_attack
-    from .network import frozen
-
-    members, T = evaluate.ensemble_members(model, norm, archs, mc_samples, seed, fresh=True)
-    dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    chunk = max(1, batch // T)
-    clean, adv = [], []
-    with evaluate._seeded(seed):   # the attack_report's stream of dropout masks
-        for s in range(0, len(images), chunk):
-            x = D.to_unit(images[s:s + chunk].to(dev))
-            y = labels[s:s + chunk].to(dev)
-            with frozen(model):
-                x_adv = pgd_attack(lambda z: members(z).mean(0), x, y, attack, gen)
-            with torch.no_grad():
-                clean.append(members(x).cpu())
-                adv.append(members(x_adv).cpu())
-    p_clean, p_adv, y = torch.cat(clean, 1), torch.cat(adv, 1), labels.cpu()
+    p_clean, p_adv, y = evaluate.attacked_members(model, images, labels, norm, attack, archs, mc_samples,
+                                                  batch, seed)
     out = dict(correct_clean=(p_clean.mean(0).argmax(1) == y).numpy().astype(float),
                correct_adv=(p_adv.mean(0).argmax(1) == y).numpy().astype(float),
                mi_clean=metrics.mutual_information(p_clean).numpy(), mi_adv=metrics.mutual_information(p_adv).numpy())
