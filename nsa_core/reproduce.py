@@ -164,6 +164,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
                   "run the same command again to go on (trained models are cached, training resumes)",
                   file=sys.stderr)
             return 130
+        _relative_paths(out)
         timings[nb.stem] = time.time() - t0
     _save_timings(results / prof.name, timings)
     if report:
@@ -175,6 +176,20 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
 
 
 # ---------------------------------------------------------------------------- report
+
+def _relative_paths(executed: Path) -> None:
+    """Papermill records the input and output paths as given, absolute: keep them relative to
+    the repository root, so a committed run carries no path of the machine that ran it."""
+    nb = json.loads(executed.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            try:
+                meta[key] = str(Path(meta[key]).resolve().relative_to(repo_root()))
+            except ValueError:   # outside the checkout: nothing of it to keep relative
+                pass
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
 
 def _save_timings(folder: Path, timings: dict[str, float]) -> None:
     """timings.json holds the latest wall time of every notebook, for reports written later."""
