@@ -58,3 +58,17 @@ def writable_folder(path: Path, what: str) -> Path:
     if not os.access(path, os.W_OK):
         raise ValueError(f"{what} {path} is not writable")
     return path
+
+
+def pick_numbered(numbers: list[str], stems: list[str]) -> list[str]:
+    """The notebook stems ('01_bn_disparity', ...) that `numbers` name ('01', '1' or a full
+    stem), sorted, each once; KeyError naming the choices for one that matches none."""
+    by_number = {stem[:2]: stem for stem in stems}
+    picked = set()
+    for item in numbers:
+        key = item.split("_", 1)[0]
+        key = f"{int(key):02d}" if key.isdigit() else key
+        if key not in by_number:
+            raise KeyError(f"no notebook numbered {item!r}; choose from {', '.join(sorted(by_number))}")
+        picked.add(by_number[key])
+    return sorted(picked)

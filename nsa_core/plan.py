@@ -106,15 +106,7 @@ def notebook_stems(numbers: list[str] | None = None) -> list[str]:
     declared = [stem for stem in NOTEBOOK_MODELS if stem in present]
     if not numbers:
         return declared
-    by_number = {stem[:2]: stem for stem in declared}
-    picked = []
-    for item in numbers:
-        key = item.split("_", 1)[0]
-        key = f"{int(key):02d}" if key.isdigit() else key
-        if key not in by_number:
-            raise KeyError(f"no notebook numbered {item!r}; choose from {', '.join(sorted(by_number))}")
-        picked.append(by_number[key])
-    return sorted(set(picked))
+    return paths.pick_numbered(numbers, declared)
 
 
 def asked_by(notebook: str, profile: str | None = None, seed: int = 0, sets: dict[str, Any] | None = None,

@@ -39,16 +39,8 @@ def select_notebooks(numbers: list[str] | None) -> list[Path]:
     found = sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
     if not numbers:
         return found
-    by_number = {nb.name[:2]: nb for nb in found}
-    picked = []
-    for item in numbers:
-        key = item.split("_", 1)[0]
-        key = f"{int(key):02d}" if key.isdigit() else key
-        if key not in by_number:
-            raise KeyError(f"no notebook numbered {item!r}; choose from {', '.join(sorted(by_number))}")
-        if by_number[key] not in picked:
-            picked.append(by_number[key])
-    return sorted(picked)
+    by_stem = {nb.stem: nb for nb in found}
+    return [by_stem[stem] for stem in paths.pick_numbered(numbers, list(by_stem))]
 
 
 def kernel_name() -> str:
