@@ -54,7 +54,10 @@ WIDTH, NODES, BATCH, CLASSES, SPACE, T = 1.0, 8, 128, 10, 500, 5
 # "fixed" is a plain residual network (no learnable aggregation): the speed of an ordinary
 # network, which the stochastic ones are measured against.
 VARIANTS = {"fixed": ("fixed", 1), "nsa": ("nsa", SPACE), "nsa-i": ("nsa-i", SPACE), "nsa-id": ("nsa-id", SPACE)}
-TARGET_VS_FIXED, TARGET_VS_REFERENCE, TARGET_ENSEMBLE, TARGET_MEMORY = 0.97, 1.5, 1.1, 1.1
+# throughput and peak step memory of each variant against the fixed net's
+TARGET_VS_FIXED = {"nsa-i": 0.97, "nsa-id": 0.9}
+TARGET_MEMORY = {"nsa-i": 1.1, "nsa-id": 1.2}
+TARGET_VS_REFERENCE, TARGET_ENSEMBLE = 1.5, 1.1
 WARMUP = 2
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -209,11 +212,10 @@ def main(args) -> int:
     rows = []
     ips = {k: BATCH / statistics.median(v) for k, v in wall.items()}
     for k in ips:
-        base = k.removesuffix("-bf16")
-        per_example = base in ("nsa-i", "nsa-id")
+        target = TARGET_VS_FIXED.get(k.removesuffix("-bf16"))
         ratio = ips[k] / ips["fixed-bf16" if k.endswith("-bf16") else "fixed"]
-        rows.append(_row(k, "train_img_per_s", ips[k], ratio, f">= {TARGET_VS_FIXED} x fixed" if per_example else "",
-                         ratio >= TARGET_VS_FIXED if per_example else None))
+        rows.append(_row(k, "train_img_per_s", ips[k], ratio, f">= {target} x fixed" if target else "",
+                         ratio >= target if target else None))
     for k in ips:
         q1, q3 = np.percentile(wall[k], [25, 75])
         rows.append(_row(k, "train_step_iqr_pct", 100 * (q3 - q1) / statistics.median(wall[k])))
@@ -235,10 +237,9 @@ def main(args) -> int:
 
     mem = {k: peak_memory(k) for k in VARIANTS}
     for k in VARIANTS:
-        ratio = mem[k]["mib"] / mem["fixed"]["mib"]
-        rows.append(_row(k, "peak_step_rss_mib", mem[k]["mib"], ratio,
-                         f"<= {TARGET_MEMORY} x fixed" if k == "nsa-i" else "",
-                         ratio <= TARGET_MEMORY if k == "nsa-i" else None))
+        ratio, target = mem[k]["mib"] / mem["fixed"]["mib"], TARGET_MEMORY.get(k)
+        rows.append(_row(k, "peak_step_rss_mib", mem[k]["mib"], ratio, f"<= {target} x fixed" if target else "",
+                         ratio <= target if target else None))
     # what keeping freed memory buys (runtime.keep_freed_memory): page faults of a settled step
     plain = peak_memory("nsa-i", keep_freed=False)["faults"]
     rows.append(_row("nsa-i", "page_faults_per_step_keep_freed", mem["nsa-i"]["faults"],

@@ -14,7 +14,14 @@ same outputs and gradients (tested equal in float64 in tests/test_network.py) as
 - the backward is written by hand (`_FastStage`): autograd would record each read of the
   shared buffer as a slice of it and give every reader a gradient the size of the whole
   buffer. Slot k's gradient gathers the aggregate gradients of the rows that read it (the
-  transposed wiring) in the same way.
+  transposed wiring) in the same way;
+- learned coefficients (NSA-id) need every slot again for their gradient. Keeping the
+  buffer for that doubled a stage's activations; instead each node's output is recomputed,
+  one slot at a time in the backward, from its BN input (which its BN keeps anyway);
+- NSA-id's per-architecture BN (`cond_batch_norm`) folds the batch statistics and each
+  example's affine into one gathered scale-and-shift, y = x·scale[b] + shift[b], with BN's
+  backward written for it: the definition normalises and then applies the affine, two
+  passes, the second of which keeps a second activation.
 
 Measured with `make bench` (CPU, 1 thread, AMD EPYC, width 1, 8 nodes, batch 128, S = 500,
 a full SGD step, medians of 16 interleaved steps; 2026-12-01, with a second job loading the
@@ -162,28 +169,32 @@ def _relu_input(buf: torch.Tensor, fwd: Gather, j: int, held: torch.Tensor) -> t
 
 
 def _run_nodes(x: torch.Tensor, fwd: Gather, nodes: nn.ModuleList, arch: torch.Tensor | None,
-               record: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """The stage's forward: (buffer, output, graphs). With `record`, each node runs in its
+               record: bool, keep_bn_inputs: bool = False) -> tuple[torch.Tensor, list, list]:
+    """The stage's forward: (output, graphs, BN inputs). With `record`, each node runs in its
     own small autograd graph rooted at a leaf holding its ReLU input, and graphs[j] keeps
-    that leaf and the graph's output edge (the output's values live in the buffer)."""
+    that leaf and the graph's output edge (the output's values live in the buffer). With
+    `keep_bn_inputs`, bn_inputs[j] is node j's BN input (saved by its BN anyway), from which
+    the backward recomputes the node's output instead of keeping the whole buffer."""
     B, C, H, W = x.shape
     buf = x.new_empty(len(fwd.unit), B, H, W, C)
     held = _store(buf, fwd, 0, x)
-    graphs = []
+    graphs, bn_inputs = [], []
     for j, node in enumerate(nodes):
         r = _relu_input(buf, fwd, j, held)
         if record:
             r.requires_grad_()
             with torch.enable_grad():
-                y = node(r, arch)
+                c = node.bn_input(r)
+                y = node.bn(c, arch)
             graphs.append((r, torch.autograd.graph.get_gradient_edge(y)))
+            bn_inputs.append(c if keep_bn_inputs else None)
             y = y.detach()
         else:
             y = node(r, arch)
         held = _store(buf, fwd, j + 1, y)
     n = len(nodes)
     out = held if fwd.direct[n] else fwd.aggregate(buf, n)   # direct: the plain chain
-    return buf, out, graphs
+    return out, graphs, bn_inputs
 
 
 def _param_ranges(nodes: nn.ModuleList) -> list[range]:
@@ -208,6 +219,18 @@ def stage_forward(nodes: nn.ModuleList, x: torch.Tensor, wiring: StageWiring,
 
 
 # ------------------------------------------------------------------------ backward
+
+
+def _bn_output_again(bn: nn.Module, c: torch.Tensor, arch: torch.Tensor | None) -> torch.Tensor:
+    """A node's output recomputed from its BN input `c` as the forward computed it (batch
+    statistics in training, running ones in eval), leaving the running statistics alone."""
+    track = bn.track_running_stats
+    bn.track_running_stats = track and not bn.training
+    try:
+        with torch.no_grad():
+            return bn(c.detach(), arch)
+    finally:
+        bn.track_running_stats = track
 
 
 def _coef_grad(g: torch.Tensor, buf: torch.Tensor, fwd: Gather, coef: torch.Tensor) -> torch.Tensor:
@@ -241,12 +264,16 @@ class _FastStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coef, wiring, nodes, arch, record, *params):
         fwd = forward_gather(wiring.wiring, coef.to(x.dtype), wiring.means)
-        buf, out, graphs = _run_nodes(x, fwd, nodes, arch, record)
+        # the coefficients' gradient (learned coefficients: NSA-id) reads every slot again;
+        # the slots are recomputed from the BN inputs rather than kept in the whole buffer
+        want_coef = record and ctx.needs_input_grad[1]
+        out, graphs, bn_inputs = _run_nodes(x, fwd, nodes, arch, record, keep_bn_inputs=want_coef)
         if record:
             ctx.graphs, ctx.params, ctx.owned = graphs, params, _param_ranges(nodes)
-            ctx.fwd, ctx.host_wiring, ctx.means, ctx.shape = fwd, wiring.wiring, wiring.means, buf.shape
-            # the coefficients' gradient reads the slots again (learned coefficients: NSA-id)
-            ctx.save_for_backward(coef, buf if ctx.needs_input_grad[1] else None)
+            ctx.fwd, ctx.host_wiring, ctx.means = fwd, wiring.wiring, wiring.means
+            ctx.shape = (len(fwd.unit), x.shape[0], *x.shape[2:], x.shape[1])
+            ctx.nodes, ctx.arch, ctx.bn_inputs = nodes, arch, bn_inputs
+            ctx.save_for_backward(coef, x if want_coef else None)
         return out
 
     @staticmethod
@@ -255,7 +282,8 @@ class _FastStage(torch.autograd.Function):
         if getattr(ctx, "graphs", None) is None:
             raise RuntimeError("a fast stage's node graphs are freed by its first backward; "
                                "use NSA_STAGE=reference to backward through it twice")
-        coef, buf = ctx.saved_tensors
+        coef, x = ctx.saved_tensors
+        want_coef = ctx.needs_input_grad[1]
         bwd = backward_gather(ctx.host_wiring, coef.to(grad_out.dtype), ctx.means)
         g = grad_out.new_empty(ctx.shape)          # g[j]: gradient of aggregate j
         n = len(ctx.graphs)
@@ -274,8 +302,90 @@ class _FastStage(torch.autograd.Function):
         ctx.graphs = None
         # a fresh tensor, not a view of g, which would keep the whole buffer alive
         gx = bwd.aggregate(g, 0) if ctx.needs_input_grad[0] else None
-        gcoef = _coef_grad(g, buf, ctx.fwd, coef) if ctx.needs_input_grad[1] else None
+        gcoef = None
+        if want_coef:
+            # The slots again, rebuilt now that the node graphs (their activations) are freed,
+            # so the rebuilt buffer takes the place of memory already given back.
+            buf = g.new_empty(ctx.shape)
+            buf[0].copy_(_nhwc(x))
+            for k, c in enumerate(ctx.bn_inputs, start=1):
+                buf[k].copy_(_nhwc(_bn_output_again(ctx.nodes[k - 1].bn, c, ctx.arch)))
+            ctx.bn_inputs = None
+            gcoef = _coef_grad(g, buf, ctx.fwd, coef)
         return (gx, gcoef, None, None, None, None, *gparams)
 
 
-__all__ = ["Gather", "forward_gather", "backward_gather", "stage_forward"]
+# ------------------------------------------------------------------------ conditional BN
+
+
+def _channel_rows(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] as [B, H·W, C]: a view for channels_last tensors (the trainer's), whose
+    reductions over the pixels then run along contiguous rows; reducing over dims (0, 2, 3)
+    of the 4-d view instead was measured 3-4x slower than the whole of native BN."""
+    return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
+
+
+class _CondBatchNorm(torch.autograd.Function):
+    """`network.CondBN` with batch statistics as one gathered scale-and-shift.
+
+    The definition normalises (one pass that writes x_hat), then applies each example's
+    affine (a second pass, which saves x_hat for its backward: a second activation per BN).
+    Here y = x_hat·w[b] + b[b] keeps only x (x_hat is dropped at once); the backward is BN's,
+    written with the per-example weights:
+        gx = gy·(w·invstd) - x·invstd²·m2 + invstd·(mean·invstd·m2 - m1),
+    where m1 = mean over (b, h, w) of w·gy and m2 = mean of w·gy·x_hat, per channel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        # native BN without affine gives the statistics and x_hat fastest (a reduction of our
+        # own over the pixels measured 1.5-5x slower); x_hat is not kept for the backward
+        xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        x_hat, mean, invstd = torch.native_batch_norm(xs, None, None, None, None, True, 0.0, eps)
+        y = torch.addcmul(bias.to(x.dtype)[:, :, None, None], x_hat.to(x.dtype), weight.to(x.dtype)[:, :, None, None])
+        ctx.save_for_backward(x, weight, mean, invstd)
+        var = invstd.pow(-2) - eps
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, _gmean, _gvar):
+        x, weight, mean, invstd = ctx.saved_tensors
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        gy_rows, x_rows = _channel_rows(gy), _channel_rows(x)
+        s1 = gy_rows.sum(1, dtype=acc)                                 # [B, C]
+        s2 = (gy_rows * x_rows).sum(1, dtype=acc)
+        gbias = s1
+        gweight = invstd * (s2 - mean * s1)                       # sum of gy·x_hat
+        m1 = (weight * s1).sum(0) / n
+        m2 = (weight * gweight).sum(0) / n
+        gx = None
+        if ctx.needs_input_grad[0]:
+            q = (-invstd * invstd * m2).to(x.dtype)[None, :, None, None]
+            r = (invstd * (mean * invstd * m2 - m1)).to(x.dtype)[None, :, None, None]
+            gx = torch.addcmul(r, x, q).addcmul_(gy, (weight * invstd).to(x.dtype)[:, :, None, None])
+        return gx, gweight.to(weight.dtype), gbias.to(weight.dtype), None
+
+
+def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`bn` (no affine of its own) followed by the per-example affine `weight`, `bias` [B, C],
+    as one scale-and-shift. With batch statistics it updates `bn`'s running statistics as
+    nn.BatchNorm2d does when it tracks them; with running statistics the fold is plain
+    autograd. Equal to `network.CondBN`'s definition (tests/test_network.py)."""
+    if not (bn.training or not bn.track_running_stats):
+        scale = weight * torch.rsqrt(bn.running_var + bn.eps).to(weight.dtype)
+        shift = bias - bn.running_mean.to(weight.dtype) * scale
+        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None])
+    y, mean, var = _CondBatchNorm.apply(x, weight, bias, bn.eps)
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            n = x.numel() / x.shape[1]
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_((var * n / max(n - 1, 1)).to(bn.running_var.dtype), momentum)
+    return y
+
+
+__all__ = ["Gather", "forward_gather", "backward_gather", "stage_forward", "cond_batch_norm"]

@@ -31,7 +31,9 @@ from . import space as wspace
 class CondBN(nn.BatchNorm2d):
     """BatchNorm with running statistics shared by all architectures. With `archs` > 0 the
     affine weight and bias are per architecture and picked per example (like class-
-    conditional BN); otherwise it is a plain affine BatchNorm2d."""
+    conditional BN); otherwise it is a plain affine BatchNorm2d. Below, the definition: BN,
+    then each example's affine; `fast_stage.cond_batch_norm` computes the same as one
+    scale-and-shift where `NSA_STAGE` chooses the fast path (see `stage_impl`)."""
 
     def __init__(self, channels: int, archs: int = 0):
         super().__init__(channels, affine=archs == 0)
@@ -41,11 +43,12 @@ class CondBN(nn.BatchNorm2d):
             self.cond_bias = nn.Parameter(torch.zeros(archs, channels))
 
     def forward(self, x: torch.Tensor, arch: torch.Tensor | None = None) -> torch.Tensor:
-        x = super().forward(x)
         if not self.archs:
-            return x
-        return torch.addcmul(self.cond_bias[arch][:, :, None, None], x,
-                             self.cond_weight[arch][:, :, None, None])
+            return super().forward(x)
+        weight, bias = self.cond_weight[arch], self.cond_bias[arch]
+        if _chosen_stage_impl(x.device) == "fast":   # the same as one scale-and-shift
+            return fast_stage.cond_batch_norm(self, x, weight, bias)
+        return torch.addcmul(bias[:, :, None, None], super().forward(x), weight[:, :, None, None])
 
 
 class Node(nn.Module):
@@ -60,7 +63,10 @@ class Node(nn.Module):
         self.bn = CondBN(channels, archs)
 
     def forward(self, relu_x: torch.Tensor, arch: torch.Tensor | None) -> torch.Tensor:
-        return self.bn(self.drop(self.conv(relu_x)), arch)
+        return self.bn(self.bn_input(relu_x), arch)
+
+    def bn_input(self, relu_x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.conv(relu_x))
 
 
 @dataclass(frozen=True)

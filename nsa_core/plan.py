@@ -50,7 +50,7 @@ def _nas_proxy(e: Experiment) -> list[ModelSpec]:
         [s for kind in ("single", *beyond.SHARED_KINDS) for s in specs[kind]]
 
 
-TOUR = {"epochs": 2, "test_size": 500, "n_archs": 20}   # 00's TOUR and SPACE parameters
+TOUR = {"epochs": 1, "test_size": 500, "n_archs": 20}   # 00's TOUR and SPACE parameters
 TOUR_SPACE = 500
 
 # notebook stem -> the specs it asks the cache for (given its Experiment and the --set values)

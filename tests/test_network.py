@@ -390,8 +390,8 @@ def _loss(model, impl, x, arch):
         return F.cross_entropy(model(x, arch), torch.arange(len(x)) % 10)
 
 
-PATHS = [dict(), dict(cond_bn=True, cond_agg=True), "residual", "chain"]
-PATH_IDS = ["nsa-i", "nsa-id", "residual", "chain"]
+PATHS = [dict(), dict(cond_bn=True, cond_agg=True), dict(cond_agg=True), "residual", "chain"]
+PATH_IDS = ["nsa-i", "nsa-id", "nsa-id-agg", "residual", "chain"]
 
 
 @pytest.mark.parametrize("cfg", PATHS, ids=PATH_IDS)

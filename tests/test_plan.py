@@ -30,6 +30,12 @@ def test_the_tiny_plan():
         plan.specs("tiny", ["99"])
 
 
+def test_09_trains_nothing_of_its_own_at_tiny():
+    """At tiny, 09 compares five architectures: 05's individuals and the S = 5 models."""
+    others = set(plan.specs("tiny", [f"{i:02d}" for i in range(1, 9)]))
+    assert set(plan.specs("tiny", ["09"])) <= others
+
+
 def test_overrides_and_seed_give_other_specs():
     base = set(plan.specs("smoke", ["01"]))
     assert set(plan.specs("smoke", ["01"], sets={"epochs": 1})).isdisjoint(base)
