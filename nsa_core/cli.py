@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from . import data as D
 from . import runtime
@@ -100,8 +101,9 @@ def cmd_train_all(args) -> int:
     items = _plan_from_args(args)
     todo = [it for it in items if it.needs_training]
     absent = [it for it in items if it.state == NO_DATA]
-    for it in absent:
-        print(f"nsa: left out {it.key}: {it.note}", file=sys.stderr)
+    for dataset in sorted({it.spec.recipe.dataset for it in absent}):   # one line per data set
+        left = [it for it in absent if it.spec.recipe.dataset == dataset]
+        print(f"nsa: left out {len(left)} model(s) of {dataset}: {left[0].note}", file=sys.stderr)
     print(f"nsa: {len(items)} models in the plan: {sum(it.state == TRAINED for it in items)} trained, "
           f"{len(todo)} to train, {len(absent)} without data", file=sys.stderr)
     models, data = paths.models_dir(args.models_dir), paths.data_dir(args.data_dir)
@@ -127,8 +129,13 @@ def cmd_train_all(args) -> int:
         # threads from the jobs asked for, not the models left: a rerun resumes a model with
         # the thread count it started with, so its weights stay those of an uninterrupted run
         threads = args.threads or scale.worker_threads(requested)
+        t0 = time.time()
         outcomes = scale.train_local(todo, min(requested, len(todo)) or 1, models, data, args.device,
                                      threads, logs) if todo else []
+        # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
+        # when everything was cached, so that a rerun does not count an old training again
+        from .reproduce import TRAIN_ALL, save_timings
+        save_timings(paths.results_dir() / get_profile(args.profile).name, {TRAIN_ALL: time.time() - t0})
     for line in scale.summary(outcomes, absent):
         print(line)
     return 0 if all(o.ok for o in outcomes) else 1

@@ -18,10 +18,9 @@ same outputs and gradients (tested equal in float64 in tests/test_network.py) as
 - learned coefficients (NSA-id) need every slot again for their gradient. Keeping the
   buffer for that doubled a stage's activations; instead each node's output is recomputed,
   one slot at a time in the backward, from its BN input (which its BN keeps anyway);
-- NSA-id's per-architecture BN (`cond_batch_norm`) folds the batch statistics and each
-  example's affine into one gathered scale-and-shift, y = x·scale[b] + shift[b], with BN's
-  backward written for it: the definition normalises and then applies the affine, two
-  passes, the second of which keeps a second activation.
+- NSA-id's per-architecture BN (`cond_batch_norm`) keeps only its input for the backward,
+  which is BN's, written for per-example affine weights; with running statistics (eval)
+  it is one gathered scale-and-shift, y = x·scale[b] + shift[b].
 
 Measured with `make bench` (CPU, 1 thread, AMD EPYC, width 1, 8 nodes, batch 128, S = 500,
 a full SGD step, medians of 16 interleaved steps; 2026-12-01, with a second job loading the
@@ -319,19 +318,18 @@ class _FastStage(torch.autograd.Function):
 
 
 def _channel_rows(t: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] as [B, H·W, C]: a view for channels_last tensors (the trainer's), whose
-    reductions over the pixels then run along contiguous rows; reducing over dims (0, 2, 3)
-    of the 4-d view instead was measured 3-4x slower than the whole of native BN."""
+    """[B, C, H, W] as [B, H·W, C]: a view for channels_last tensors (the trainer's), so that
+    the backward's sums over the pixels run along contiguous rows."""
     return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
 
 
 class _CondBatchNorm(torch.autograd.Function):
-    """`network.CondBN` with batch statistics as one gathered scale-and-shift.
+    """`network.CondBN` with batch statistics, keeping one activation instead of two.
 
-    The definition normalises (one pass that writes x_hat), then applies each example's
-    affine (a second pass, which saves x_hat for its backward: a second activation per BN).
-    Here y = x_hat·w[b] + b[b] keeps only x (x_hat is dropped at once); the backward is BN's,
-    written with the per-example weights:
+    The definition normalises, then applies each example's affine through autograd, which
+    saves BN's input and x_hat (a second activation per BN). Here the forward is the same
+    y = x_hat·w[b] + b[b], but only x is kept; the backward is BN's, written once for the
+    per-example weights [B, C] (the statistics folded into per-channel factors):
         gx = gy·(w·invstd) - x·invstd²·m2 + invstd·(mean·invstd·m2 - m1),
     where m1 = mean over (b, h, w) of w·gy and m2 = mean of w·gy·x_hat, per channel."""
 
@@ -369,10 +367,10 @@ class _CondBatchNorm(torch.autograd.Function):
 
 
 def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """`bn` (no affine of its own) followed by the per-example affine `weight`, `bias` [B, C],
-    as one scale-and-shift. With batch statistics it updates `bn`'s running statistics as
-    nn.BatchNorm2d does when it tracks them; with running statistics the fold is plain
-    autograd. Equal to `network.CondBN`'s definition (tests/test_network.py)."""
+    """`bn` (no affine of its own) followed by the per-example affine `weight`, `bias` [B, C].
+    With batch statistics: `_CondBatchNorm`, updating `bn`'s running statistics as
+    nn.BatchNorm2d does when it tracks them; with running statistics: one scale-and-shift,
+    plain autograd. Equal to `network.CondBN`'s definition (tests/test_network.py)."""
     if not (bn.training or not bn.track_running_stats):
         scale = weight * torch.rsqrt(bn.running_var + bn.eps).to(weight.dtype)
         shift = bias - bn.running_mean.to(weight.dtype) * scale

@@ -32,8 +32,8 @@ class CondBN(nn.BatchNorm2d):
     """BatchNorm with running statistics shared by all architectures. With `archs` > 0 the
     affine weight and bias are per architecture and picked per example (like class-
     conditional BN); otherwise it is a plain affine BatchNorm2d. Below, the definition: BN,
-    then each example's affine; `fast_stage.cond_batch_norm` computes the same as one
-    scale-and-shift where `NSA_STAGE` chooses the fast path (see `stage_impl`)."""
+    then each example's affine; `fast_stage.cond_batch_norm` computes the same keeping one
+    activation instead of two, where `NSA_STAGE` chooses the fast path (see `stage_impl`)."""
 
     def __init__(self, channels: int, archs: int = 0):
         super().__init__(channels, affine=archs == 0)
@@ -46,7 +46,7 @@ class CondBN(nn.BatchNorm2d):
         if not self.archs:
             return super().forward(x)
         weight, bias = self.cond_weight[arch], self.cond_bias[arch]
-        if _chosen_stage_impl(x.device) == "fast":   # the same as one scale-and-shift
+        if _chosen_stage_impl(x.device) == "fast":
             return fast_stage.cond_batch_norm(self, x, weight, bias)
         return torch.addcmul(bias[:, :, None, None], super().forward(x), weight[:, :, None, None])
 

@@ -93,6 +93,22 @@ class Item:
     def needs_training(self) -> bool:
         return self.state in (PARTIAL, MISSING)
 
+    @property
+    def label(self) -> str:
+        """kind, the semi-supervised mode and the individual's index: 'single #3', 'wrn (labelled-only)'."""
+        s = self.spec
+        return s.kind + (f" ({s.semi})" if s.semi else "") + (f" #{s.arch_index}" if s.kind == "single" else "")
+
+    def final(self) -> dict[str, float] | None:
+        """A trained model's last evaluation (history.csv): epochs, test accuracy (BN in test
+        mode, architectures drawn as the model was trained) and training seconds."""
+        if self.state != TRAINED:
+            return None
+        import pandas as pd
+        h = pd.read_csv(self.folder / "history.csv")
+        return {"epochs": int(h.epoch.iloc[-1]), "test_acc": float(h.test_acc.iloc[-1]),
+                "seconds": float(h.seconds.sum())}
+
     def describe(self) -> str:
         if self.state == PARTIAL:
             return f"partial ({self.epoch}/{self.spec.recipe.epochs} epochs)"
@@ -184,9 +200,7 @@ def table(items: list[Item]) -> list[str]:
     """The plan as aligned text lines: kind, S, key, state, notebooks, folder."""
     rows = [("kind", "S", "key", "state", "notebooks", "folder")]
     for it in items:
-        kind = it.spec.kind + (f" ({it.spec.semi})" if it.spec.semi else "") + \
-            (f" #{it.spec.arch_index}" if it.spec.kind == "single" else "")
-        rows.append((kind, str(it.spec.space), it.key, it.describe(),
+        rows.append((it.label, str(it.spec.space), it.key, it.describe(),
                      " ".join(n[:2] for n in it.notebooks), str(it.folder) if it.folder else it.note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]

@@ -158,9 +158,11 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
             return 130
         _relative_paths(out)
         timings[nb.stem] = time.time() - t0
-    _save_timings(results / prof.name, timings)
+    save_timings(results / prof.name, timings)
     if report:
-        path = write_report(prof.name, results, timings)
+        # the plan's training, when `make reproduce` ran it just before, counts too
+        trained = {k: v for k, v in saved_timings(results / prof.name).items() if k == TRAIN_ALL}
+        path = write_report(prof.name, results, {**trained, **timings}, data_dir)
         if results.resolve() == (repo_root() / "results").resolve():   # not for scratch result folders
             update_readme(prof.name, results)
         print(_shown(path))
@@ -183,12 +185,22 @@ def _relative_paths(executed: Path) -> None:
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
-def _save_timings(folder: Path, timings: dict[str, float]) -> None:
-    """timings.json holds the latest wall time of every notebook, for reports written later."""
+# timings.json's entry for `train-all`, the plan's models trained before the notebooks run
+TRAIN_ALL = "train-all"
+
+
+def saved_timings(folder: Path) -> dict[str, float]:
     path = folder / "timings.json"
-    known = json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_timings(folder: Path, timings: dict[str, float]) -> None:
+    """timings.json holds the latest wall time of every notebook (and of `train-all`), for
+    reports written later."""
+    known = saved_timings(folder)
     known.update({k: round(v, 1) for k, v in timings.items()})
-    path.write_text(json.dumps(known, indent=2, sort_keys=True))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "timings.json").write_text(json.dumps(known, indent=2, sort_keys=True))
 
 
 def _hardware() -> list[str]:
@@ -256,13 +268,32 @@ def _verdict_legend() -> list[str]:
             "separates the paper's claims from those beyond the paper and from sanity checks."]
 
 
-def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, float] | None = None) -> Path:
+def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path | None) -> list[str]:
+    """Every model the notebooks used, with its final test accuracy and training time."""
+    from . import plan   # the plan builds the notebooks' specs; only the report needs it here
+    declared = [nb[:2] for nb in notebooks if nb in plan.NOTEBOOK_MODELS]
+    if not declared:
+        return ["None recorded."]
+    items = plan.build_plan(profile_name, declared, None, data_dir)
+    rows = []
+    for it in items:
+        final = it.final()
+        rows.append([it.label, it.spec.space, it.spec.recipe.dataset, " ".join(n[:2] for n in it.notebooks),
+                     *([final["epochs"], f"{100 * final['test_acc']:.1f} %", _minutes(final["seconds"])]
+                       if final else ["", it.describe(), ""])])
+    return ["Final test accuracy: BN in test mode, architectures drawn as the model was trained, on the "
+            "profile's test images (the trainer's last evaluation, `history.csv`); training time: the "
+            "model's own, in its worker.", "",
+            *_table(rows, ["model", "S", "data", "notebooks", "epochs", "test accuracy", "training time"])]
+
+
+def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, float] | None = None,
+                 data_dir: str | Path | None = None) -> Path:
     """Write <results_dir>/<profile>/REPORT.md and claims.csv from the notebooks' claims.json.
-    `timings` (notebook -> seconds) defaults to the ones saved by the last runs."""
+    `timings` (notebook or `train-all` -> seconds) defaults to the ones saved by the last runs."""
     folder = Path(results_dir) / profile_name
     if timings is None:
-        path = folder / "timings.json"
-        timings = json.loads(path.read_text()) if path.is_file() else {}
+        timings = saved_timings(folder)
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/claims.json"))]
 
     # claims.json of older runs has no kind: they were all counted as paper claims
@@ -283,10 +314,13 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
           "## Hardware", "", *[f"- {line}" for line in _hardware()], "",
           "## Wall time", ""]
     if timings:
-        md += _table([[nb, _minutes(s)] for nb, s in sorted(timings.items())] +
+        order = sorted(timings.items(), key=lambda kv: (kv[0] != TRAIN_ALL, kv[0]))   # training first
+        md += _table([[f"{nb} (the plan's models, trained before the notebooks)" if nb == TRAIN_ALL else nb,
+                       _minutes(s)] for nb, s in order] +
                      [["**total**", f"**{_minutes(sum(timings.values()))}**"]], ["notebook", "wall time"])
     else:
         md.append("No timings recorded (the notebooks were not run by `make reproduce`).")
+    md += ["", "## Models", "", *_models_table(profile_name, [r["notebook"] for r in records], data_dir)]
     md += ["", "## Profile settings", ""]
     md += _table(_flat_settings(settings), ["setting", "value"])
     if differing:

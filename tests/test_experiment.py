@@ -106,6 +106,7 @@ def test_write_report_gathers_every_notebook(exp, tmp_path):
     assert "| 99_try | a \\| b | p | r | holds | rule | paper claim |" in text      # pipes escaped in cells
     assert "![fig a](99_try/fig%20a.png)" in text and "- 99_try: note one" in text
     assert "| 99_try | 1.2 min |" in text and "| n_archs | 3 |" in text
+    assert "## Models\n\nNone recorded." in text      # no declared notebook, no models
     assert "1 claims tested" in text and "paper claims: 1**: 1 hold" in text
     assert pd.read_csv(tmp_path / "smoke" / "claims.csv").notebook.tolist() == ["99_try"]
 

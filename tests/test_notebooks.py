@@ -4,6 +4,7 @@ the way it promises. Every run shares one scratch results folder, so each model 
 nothing is written into the repository's results/."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_reproduce_writes_report(results):
     assert "01_bn_disparity" in text and "| notebook | statement |" in text
     assert "**paper claims: " in text and "**sanity checks: " in text and "bootstrap interval" in text
     assert "](01_bn_disparity/fig2cd_histograms.png)" in text
+    # every model with its final accuracy and training time (smoke: 3 epochs)
+    assert re.search(r"\| nsa \| 5 \| synthetic \| 01[0-9 ]* \| 3 \| \d+\.\d % \| \d+ s \|", text), text
     assert (results / "smoke" / "executed" / "01_bn_disparity.ipynb").is_file()
     assert (results / "smoke" / "claims.csv").read_text().startswith("notebook,statement,paper,reproduced,verdict,rule")
 
