@@ -134,6 +134,19 @@ def bootstrap(statistic: Callable[..., float], *sizes: int, n_resamples: int = N
 PLOT_RESAMPLES = 200
 
 
+def draw_intervals(ax, at, low, high, horizontal: bool = False, **style) -> None:
+    """Whiskers spanning each interval [low, high] at positions `at`. They are drawn about the
+    interval's middle, not the point estimate: the percentile interval of a biased statistic
+    (ECE, Spearman, AUC) can lie beside the estimate, which whiskers measured from the
+    estimate would misdraw (and matplotlib refuses as negative)."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    mid, half = (low + high) / 2, (high - low) / 2
+    if horizontal:
+        ax.errorbar(mid, at, xerr=half, fmt="none", **style)
+    else:
+        ax.errorbar(at, mid, yerr=half, fmt="none", **style)
+
+
 def mean_bands(values, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
                confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of the mean of each row of `values` [K, N] over its N units (test images),

@@ -218,7 +218,7 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .claims import PLOT_RESAMPLES
+    from .claims import PLOT_RESAMPLES, draw_intervals
 
     palette = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
     names = [LABELS[m] for m in METHODS]
@@ -237,8 +237,7 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
                 ax.scatter(individual[col], [names[METHODS.index("single")]] * len(individual[col]), color="k",
                            s=14, zorder=3)
                 lo, hi = (bands[col][b][list(METHODS)].to_numpy() for b in ("low", "high"))
-                v = values[list(METHODS)].to_numpy()
-                ax.errorbar(v, names, xerr=[v - lo, hi - v], fmt="none", ecolor="dimgrey", capsize=3, zorder=4)
+                draw_intervals(ax, names, lo, hi, horizontal=True, ecolor="dimgrey", capsize=3, zorder=4)
             for y, m in enumerate(METHODS):
                 v = values[m]
                 dots = individual[col] if m == "single" else []
@@ -272,13 +271,10 @@ def table2_intervals(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bin
 def draw_ece_intervals(ax, probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 15) -> None:
     """Error bars on a horizontal bar chart of ECE with one bar per method, in METHODS order
     (06's calibration scores): each method's bootstrap interval over test images."""
-    from .claims import PLOT_RESAMPLES
+    from .claims import PLOT_RESAMPLES, draw_intervals
 
     ci = table2_intervals(probs, labels, n_bins)["ece"].reindex(list(METHODS))
-    value = pd.Series({m: float(pd.Series([metrics.ece(p, labels, n_bins) for p in predictions(m, probs[m])]).mean())
-                       for m in METHODS})
-    err = [(value - ci["low"]).to_numpy(), (ci["high"] - value).to_numpy()]
-    ax.errorbar(value.to_numpy(), np.arange(len(METHODS)), xerr=err, fmt="none", ecolor="k", capsize=3)
+    draw_intervals(ax, np.arange(len(METHODS)), ci["low"], ci["high"], horizontal=True, ecolor="k", capsize=3)
     ax.set_xlabel(f"lower is better; 95 % CI, {PLOT_RESAMPLES} resamples of images")
 
 
@@ -393,7 +389,7 @@ def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, 
     import seaborn as sns
 
     from . import attacks, paper
-    from .claims import PLOT_RESAMPLES
+    from .claims import PLOT_RESAMPLES, draw_intervals
 
     palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -406,9 +402,8 @@ def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, 
         axes[1].plot(budget[1:], t.auc, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
         if outcomes is not None:
             ci = attack_intervals(outcomes, m, t.attack)
-            axes[0].errorbar(budget, accs, yerr=np.abs(ci["acc"] - accs), fmt="none", ecolor=palette[m], capsize=3)
-            axes[1].errorbar(budget[1:], t.auc, yerr=np.abs(ci["auc"] - t.auc.to_numpy()), fmt="none",
-                             ecolor=palette[m], capsize=3)
+            draw_intervals(axes[0], budget, *ci["acc"], ecolor=palette[m], capsize=3)
+            draw_intervals(axes[1], budget[1:], *ci["auc"], ecolor=palette[m], capsize=3)
         ppgd = paper.PGD[m]
         shown = [a for a in t.attack if a in ppgd]
         if not shown:

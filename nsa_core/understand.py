@@ -387,11 +387,10 @@ def plot_spearman(rows: pd.DataFrame, title: str) -> plt.Figure:
     for k, model in enumerate(models):
         part = rows[rows.model == model].set_index("S").reindex(spaces)
         x = np.arange(len(spaces)) + (k - (len(models) - 1) / 2) * width
-        err = np.vstack([part.value - part.low, part.high - part.value])
         colour = MODEL_COLOURS.get(model.removeprefix("paper "), f"C{k}")   # the paper's value: faded
         ax.bar(x, part.value, width, color=colour, alpha=0.35 if model.startswith("paper") else 0.9, label=model)
-        has = np.isfinite(err).all(0)
-        ax.errorbar(x[has], part.value[has], yerr=err[:, has], fmt="none", ecolor="k", capsize=3, lw=1)
+        has = np.isfinite(part.low.to_numpy()) & np.isfinite(part.high.to_numpy())
+        claims.draw_intervals(ax, x[has], part.low[has], part.high[has], ecolor="k", capsize=3, lw=1)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(spaces)), [f"S = {S}" for S in spaces])
     ax.set_ylabel("Spearman")
