@@ -158,7 +158,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
             return 130
         _relative_paths(out)
         timings[nb.stem] = time.time() - t0
-    save_timings(results / prof.name, timings)
+        save_timings(results / prof.name, {nb.stem: timings[nb.stem]})   # kept if a later one fails
     if report:
         # the plan's training, when `make reproduce` ran it just before, counts too
         trained = {k: v for k, v in saved_timings(results / prof.name).items() if k == TRAIN_ALL}
