@@ -34,7 +34,10 @@ peak RSS growth of a first step:
 
 and in one process, the two paths' steps interleaved: the fast path is 1.05x (fixed),
 1.27x (NSA-i) and 1.37x (NSA-id) as fast as the reference. A fixed wiring gains least:
-each node reads about as many slots either way.
+each node reads about as many slots either way. With the per-architecture BN function and
+the rebuilt slots (2026-12-02, same bench, before/after side by side): NSA-id's peak step
+memory 1.64x -> 1.21x the fixed net's, throughput 0.83x -> 0.76x (within the spread of
+this shared machine: a quieter A/B gave 0.63x -> 0.83x).
 
 The price: this module, a hand-written backward that must stay equal to `Stage.forward`
 (the tests check every gradient), index lists built on the host for every batch (one
