@@ -337,20 +337,19 @@ class _CondBatchNorm(torch.autograd.Function):
     where m1 = mean over (b, h, w) of w·gy and m2 = mean of w·gy·x_hat, per channel."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, eps, running_mean, running_var, momentum):
         # native BN without affine gives the statistics and x_hat fastest (a reduction of our
-        # own over the pixels measured 1.5-5x slower); x_hat is not kept for the backward
+        # own over the pixels measured 1.5-5x slower), and, given the running statistics,
+        # updates them as nn.BatchNorm2d does; x_hat is not kept for the backward
         xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        x_hat, mean, invstd = torch.native_batch_norm(xs, None, None, None, None, True, 0.0, eps)
+        x_hat, mean, invstd = torch.native_batch_norm(xs, None, None, running_mean, running_var, True, momentum, eps)
         y = torch.addcmul(bias.to(x.dtype)[:, :, None, None], x_hat.to(x.dtype), weight.to(x.dtype)[:, :, None, None])
         ctx.save_for_backward(x, weight, mean, invstd)
-        var = invstd.pow(-2) - eps
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gy, _gmean, _gvar):
+    def backward(ctx, gy):
         x, weight, mean, invstd = ctx.saved_tensors
         n = x.shape[0] * x.shape[2] * x.shape[3]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -366,7 +365,7 @@ class _CondBatchNorm(torch.autograd.Function):
             q = (-invstd * invstd * m2).to(x.dtype)[None, :, None, None]
             r = (invstd * (mean * invstd * m2 - m1)).to(x.dtype)[None, :, None, None]
             gx = torch.addcmul(r, x, q).addcmul_(gy, (weight * invstd).to(x.dtype)[:, :, None, None])
-        return gx, gweight.to(weight.dtype), gbias.to(weight.dtype), None
+        return gx, gweight.to(weight.dtype), gbias.to(weight.dtype), None, None, None, None
 
 
 def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -378,15 +377,13 @@ def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, b
         scale = weight * torch.rsqrt(bn.running_var + bn.eps).to(weight.dtype)
         shift = bias - bn.running_mean.to(weight.dtype) * scale
         return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None])
-    y, mean, var = _CondBatchNorm.apply(x, weight, bias, bn.eps)
-    if bn.training and bn.track_running_stats:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            n = x.numel() / x.shape[1]
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-            bn.running_var.lerp_((var * n / max(n - 1, 1)).to(bn.running_var.dtype), momentum)
-    return y
+    track = bn.training and bn.track_running_stats
+    momentum = 0.0
+    if track:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return _CondBatchNorm.apply(x, weight, bias, bn.eps, bn.running_mean if track else None,
+                                bn.running_var if track else None, momentum)
 
 
 __all__ = ["Gather", "forward_gather", "backward_gather", "stage_forward", "cond_batch_norm"]
