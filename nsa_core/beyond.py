@@ -9,14 +9,12 @@ order the architectures as their accuracies when each is trained alone?
 """
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from . import claims, data as D, evaluate, metrics, models, understand
 
@@ -97,22 +95,16 @@ def three_modes(exp: Experiment, kind: str, spaces: tuple[int, ...], n: int, k: 
     return scores, pd.concat(swept, ignore_index=True) if swept else pd.DataFrame()
 
 
-def mode_difference(scores: pd.DataFrame, a: str, b: str, stat=np.mean, seed: int = 0) -> claims.Estimate:
+def mode_difference(scores: pd.DataFrame, a: str, b: str, stat=None, seed: int = 0) -> claims.Estimate:
     """stat(acc with BN in mode a) - stat(acc in mode b) of the same architectures, with a
-    bootstrap over architectures (both modes of one architecture stay together)."""
-    wide = scores.pivot(index="arch", columns="bn", values="acc").dropna()
-    x, y = wide[a].to_numpy(float), wide[b].to_numpy(float)
-    return claims.bootstrap(lambda i: stat(x[i]) - stat(y[i]), len(x), seed=seed)
+    bootstrap over architectures (both modes of one architecture stay together); `stat`
+    reduces the last axis (default the mean; claims.spread)."""
+    return understand.arch_difference(scores, "bn", a, b, stat, seed)
 
 
 def shifted(d: claims.Estimate, by: float) -> claims.Estimate:
     """d + by, interval included: a difference judged against a tolerance instead of 0."""
     return claims.Estimate(d.value + by, d.low + by, d.high + by, d.n_resamples)
-
-
-def spread(values: np.ndarray) -> float:
-    """Standard deviation over architectures (ddof 1)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
 def mode_correlations(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -162,32 +154,19 @@ def proxy_scores(exp: Experiment, m: int, k: int) -> pd.DataFrame:
     return out[["arch", "kind", "bn", "acc", "loss", "alone"]]
 
 
-def kendall(a, b) -> float:
-    """Kendall's tau-b (ties allowed, as a bootstrap resample has them); NaN if undefined.
-    All pairs at once, which for a few dozen architectures is far faster than scipy's
-    per-call overhead over a thousand resamples (tested equal to scipy.stats.kendalltau)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    sa, sb = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
-    norm = np.sqrt((sa * sa).sum() * (sb * sb).sum())
-    return float((sa * sb).sum() / norm) if norm > 0 else float("nan")
-
-
 def rank_agreement(x, y, seed: int = 0) -> dict[str, claims.Estimate]:
     """Kendall's tau and Spearman's rho of x and y (paired per architecture), each with a
-    bootstrap interval over architectures."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    with warnings.catch_warnings():   # a resample of one repeated architecture has no rank: NaN, left out
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return {"tau": claims.bootstrap(lambda i: kendall(x[i], y[i]), len(x), seed=seed),
-                "rho": claims.bootstrap(lambda i: metrics.spearman(x[i], y[i]), len(x), seed=seed)}
+    bootstrap interval over architectures (a resample of one repeated architecture has no
+    rank: NaN, left out)."""
+    return {"tau": claims.paired(metrics.kendall_rows, x, y, seed=seed),
+            "rho": claims.paired(metrics.spearman_rows, x, y, seed=seed)}
 
 
 def rank_gain(x1, x2, y, seed: int = 0) -> claims.Estimate:
     """tau(x1, y) - tau(x2, y) over the same resampled architectures."""
     x1, x2, y = (np.asarray(v, float) for v in (x1, x2, y))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return claims.bootstrap(lambda i: kendall(x1[i], y[i]) - kendall(x2[i], y[i]), len(y), seed=seed)
+    return claims.bootstrap(lambda i: metrics.kendall_rows(x1[i], y[i]) - metrics.kendall_rows(x2[i], y[i]),
+                            len(y), seed=seed)
 
 
 def plot_proxy(scores: pd.DataFrame, title: str) -> plt.Figure:

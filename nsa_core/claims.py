@@ -35,7 +35,7 @@ VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_COMPARABLE)
 PAPER_CLAIM = "paper claim"
 BEYOND = "beyond the paper"
 SANITY = "sanity check"
-KINDS = (PAPER_CLAIM, BEYOND, SANITY)
+CLAIM_KINDS = (PAPER_CLAIM, BEYOND, SANITY)
 PLURAL = {PAPER_CLAIM: "paper claims", BEYOND: "claims beyond the paper", SANITY: "sanity checks"}
 
 N_RESAMPLES = 1000
@@ -111,16 +111,29 @@ def resample(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarra
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 
 
-def bootstrap(statistic: Callable[..., float], *sizes: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
+# Index entries a statistic sees at once: resamples are scored in chunks of rows so that a
+# statistic over 10,000 test images needs tens of MB, not a gigabyte.
+_CHUNK_ENTRIES = 4_000_000
+
+
+def bootstrap(statistic: Callable[..., np.ndarray], *sizes: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
               confidence: float = CONFIDENCE) -> Estimate:
-    """`statistic(*indices)` of the full samples and its percentile interval: each of the
-    samples (of `sizes`) is resampled with replacement, independently, `n_resamples` times.
-    A statistic that is undefined on a resample (NaN) leaves that resample out."""
+    """`statistic` of the full samples and its percentile interval: each of the samples (of
+    `sizes`) is resampled with replacement, independently, `n_resamples` times.
+
+    The statistic is vectorised: it takes one index array per sample, of shape [..., n_k],
+    and reduces the last axis, returning [...] (e.g. `lambda i: x[i].mean(-1)`). It is called
+    once on the samples themselves (indices [n_k]) and once per chunk of resamples (indices
+    [rows, n_k]): the resamples are one indexed array operation, not a Python loop. A
+    resample on which the statistic is undefined (NaN) is left out."""
     if not sizes or min(sizes) < 1:
         raise ValueError(f"bootstrap needs non-empty samples, got sizes {sizes}")
     value = float(statistic(*(np.arange(n) for n in sizes)))
     draws = [resample(n, n_resamples, seed + 7919 * k) for k, n in enumerate(sizes)]
-    stats = np.array([statistic(*(d[b] for d in draws)) for b in range(n_resamples)], dtype=float)
+    rows = max(1, _CHUNK_ENTRIES // sum(sizes))
+    stats = np.concatenate([np.broadcast_to(np.asarray(statistic(*(d[r:r + rows] for d in draws)), float),
+                                            (min(rows, n_resamples - r),))
+                            for r in range(0, n_resamples, rows)])
     stats = stats[np.isfinite(stats)]
     if not len(stats):
         return Estimate(value, np.nan, np.nan, n_resamples)
@@ -162,18 +175,40 @@ def mean_bands(values, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
     return low, high
 
 
-def metric_estimate(metric: Callable[[torch.Tensor, torch.Tensor], float], preds, labels: torch.Tensor,
-                    n_resamples: int = PLOT_RESAMPLES, seed: int = 0) -> Estimate:
-    """metric(preds, labels) over resampled test images; a list of predictions is scored one
-    by one and averaged (the average of individuals), as the tables score them."""
-    y = torch.as_tensor(labels)
-    preds = preds if isinstance(preds, list) else [preds]
+METRICS = ("accuracy", "error", "nll", "brier", "ece")
 
-    def score(i) -> float:
-        i = torch.as_tensor(i)
-        return float(np.mean([metric(p[i], y[i]) for p in preds]))
 
-    return bootstrap(score, len(y), n_resamples=n_resamples, seed=seed)
+def metric_rows(metric: str, preds, labels: torch.Tensor, n_bins: int = 15) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-resample form of a metric of predicted probabilities [N, C] (one of METRICS;
+    error and accuracy as fractions): a function of test-image indices [..., n] returning
+    [...], for `bootstrap`. A list of predictions is scored one by one and averaged (the
+    average of individuals, as Table 2 scores them)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    y = torch.as_tensor(labels).long()
+    parts = []
+    for p in preds if isinstance(preds, list) else [preds]:
+        p = torch.as_tensor(p).detach().cpu()
+        metrics._check(p, y)
+        p = p.double()
+        conf, pred = p.max(1)
+        right = (pred == y).double()
+        per_image = {"accuracy": right, "error": 1 - right,
+                     "nll": -p.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log(),
+                     "brier": (p - torch.nn.functional.one_hot(y, p.shape[1])).pow(2).sum(1)}
+        parts.append((conf.numpy(), right.numpy()) if metric == "ece" else per_image[metric].numpy())
+
+    def rows(i: np.ndarray) -> np.ndarray:
+        if metric == "ece":
+            return np.mean([metrics.ece_rows(c[i], r[i], n_bins) for c, r in parts], axis=0)
+        return np.mean([v[i].mean(-1) for v in parts], axis=0)
+    return rows
+
+
+def metric_estimate(metric: str, preds, labels: torch.Tensor, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
+                    n_bins: int = 15) -> Estimate:
+    """A metric (one of METRICS) of `preds` over resampled test images (metric_rows)."""
+    return bootstrap(metric_rows(metric, preds, labels, n_bins), len(labels), n_resamples=n_resamples, seed=seed)
 
 
 def verdict(difference: Estimate, comparable: bool = True) -> str:
@@ -215,40 +250,51 @@ def correct(probs: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> n
     return np.mean([_np(p).argmax(1) == y for p in preds], axis=0).astype(float)
 
 
+def spread(values: np.ndarray) -> np.ndarray:
+    """Standard deviation over the last axis (ddof 1, as pandas' std): over architectures,
+    or over the last points of a curve."""
+    values = np.asarray(values, float)
+    return np.std(values, axis=-1, ddof=1) if values.shape[-1] > 1 else np.full(values.shape[:-1], np.nan)
+
+
 def mean_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Estimate:
     """mean(a) - mean(b) for per-unit values paired on the same units (test images)."""
     d = np.asarray(a, float) - np.asarray(b, float)
-    return bootstrap(lambda i: d[i].mean(), len(d), seed=seed)
+    return bootstrap(lambda i: d[i].mean(-1), len(d), seed=seed)
 
 
 def mean_estimate(a: np.ndarray, seed: int = 0) -> Estimate:
     a = np.asarray(a, float)
-    return bootstrap(lambda i: a[i].mean(), len(a), seed=seed)
+    return bootstrap(lambda i: a[i].mean(-1), len(a), seed=seed)
 
 
-def two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], a, b, seed: int = 0) -> Estimate:
-    """statistic(a, b) of two independent samples, each resampled on its own."""
+def paired(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], a, b, seed: int = 0) -> Estimate:
+    """statistic(a, b) of values paired on the same units (architectures), the units resampled
+    together; `statistic` reduces the last axis of its two [..., n] arguments."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return bootstrap(lambda i: statistic(a[i], b[i]), len(a), seed=seed)
+
+
+def two_sample(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], a, b, seed: int = 0) -> Estimate:
+    """statistic(a, b) of two independent samples, each resampled on its own; `statistic`
+    reduces the last axis of its two arguments."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     return bootstrap(lambda i, j: statistic(a[i], b[j]), len(a), len(b), seed=seed)
 
 
-def auc_estimate(negatives, positives, seed: int = 0) -> Estimate:
+def auc_estimate(negatives, positives, seed: int = 0, n_resamples: int = N_RESAMPLES) -> Estimate:
     """ROC AUC of positives vs negatives (metrics.auc), both samples resampled."""
-    return two_sample(lambda n, p: metrics.auc(n, p), negatives, positives, seed=seed)
+    neg, pos = np.asarray(negatives, float), np.asarray(positives, float)
+    return bootstrap(lambda i, j: metrics.auc_rows(neg[i], pos[j]), len(neg), len(pos), seed=seed,
+                     n_resamples=n_resamples)
 
 
-def metric_difference(metric: Callable[[torch.Tensor, torch.Tensor], float], a, b, labels: torch.Tensor,
-                      seed: int = 0) -> Estimate:
-    """metric(a) - metric(b) on the same resampled test images (paired); `a` or `b` may be a
-    list of predictions [N, C], scored one by one and averaged (the average of individuals)."""
-    y = torch.as_tensor(labels)
-
-    def score(p, i) -> float:
-        i = torch.as_tensor(i)
-        preds = p if isinstance(p, list) else [p]
-        return float(np.mean([metric(q[i], y[i]) for q in preds]))
-
-    return bootstrap(lambda i: score(a, i) - score(b, i), len(y), seed=seed)
+def metric_difference(metric: str, a, b, labels: torch.Tensor, seed: int = 0, n_bins: int = 15) -> Estimate:
+    """metric(a) - metric(b) (one of METRICS) on the same resampled test images (paired); `a`
+    or `b` may be a list of predictions [N, C], scored one by one and averaged (the average
+    of individuals)."""
+    ra, rb = metric_rows(metric, a, labels, n_bins), metric_rows(metric, b, labels, n_bins)
+    return bootstrap(lambda i: ra(i) - rb(i), len(labels), seed=seed)
 
 
 # ---------------------------------------------------------------------- convergence
@@ -284,10 +330,10 @@ def curve_instability(history: pd.DataFrame, column: str = "test_acc") -> np.nda
 # ---------------------------------------------------------------------- rendering
 
 def tally(claims: pd.DataFrame) -> pd.DataFrame:
-    """Verdict counts per kind of claim: rows KINDS (those present), columns VERDICTS."""
+    """Verdict counts per kind of claim: rows CLAIM_KINDS (those present), columns VERDICTS."""
     kinds = claims["kind"] if "kind" in claims else pd.Series(PAPER_CLAIM, index=claims.index)
     counts = pd.crosstab(kinds, claims["verdict"])
-    return counts.reindex(index=[k for k in KINDS if k in counts.index], columns=list(VERDICTS), fill_value=0)
+    return counts.reindex(index=[k for k in CLAIM_KINDS if k in counts.index], columns=list(VERDICTS), fill_value=0)
 
 
 def tally_sentence(claims: pd.DataFrame) -> str:

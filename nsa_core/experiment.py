@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import data as D
 from . import paths, runtime
-from .claims import (BEYOND, FAILS, HOLDS, INCONCLUSIVE, KINDS, NOT_COMPARABLE, PAPER_CLAIM, SANITY, VERDICTS,
+from .claims import (BEYOND, CLAIM_KINDS, FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, PAPER_CLAIM, SANITY, VERDICTS,
                      markdown_table, tally_sentence)
 from .cache import get_or_train, model_dir
 from .config import ModelSpec
@@ -36,7 +36,7 @@ from .network import WiredNet
 from .profiles import Profile, at_paper_scale, get_profile
 
 __all__ = ["Experiment", "setup", "CLAIM_FIELDS", "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_COMPARABLE",
-           "VERDICTS", "KINDS", "PAPER_CLAIM", "BEYOND", "SANITY"]
+           "VERDICTS", "CLAIM_KINDS", "PAPER_CLAIM", "BEYOND", "SANITY"]
 CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule", "kind")
 
 
@@ -184,8 +184,8 @@ class Experiment:
         (a paper claim, beyond the paper, or a sanity check)."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS} (use claims.verdict(...)), got {verdict!r}")
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in CLAIM_KINDS:
+            raise ValueError(f"kind must be one of {CLAIM_KINDS}, got {kind!r}")
         values = (statement, paper, reproduced, verdict, rule, kind)
         self.claims.append(dict(zip(CLAIM_FIELDS, (relative_text(str(v)) for v in values))))
 

@@ -261,10 +261,10 @@ def table2_intervals(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bin
     from . import claims
 
     out = {}
-    for col, metric in (("error", lambda p, y: 100 * metrics.error(p, y)),
-                        ("ece", lambda p, y: metrics.ece(p, y, n_bins))):
-        est = {m: claims.metric_estimate(metric, predictions(m, probs[m]), labels) for m in METHODS if m in probs}
-        out[col] = pd.DataFrame({m: {"low": e.low, "high": e.high} for m, e in est.items()}).T
+    for col, metric, scale in (("error", "error", 100), ("ece", "ece", 1)):
+        est = {m: claims.metric_estimate(metric, predictions(m, probs[m]), labels, n_bins=n_bins)
+               for m in METHODS if m in probs}
+        out[col] = pd.DataFrame({m: {"low": scale * e.low, "high": scale * e.high} for m, e in est.items()}).T
     return out
 
 
@@ -283,11 +283,15 @@ def pooled_ece(preds: list[torch.Tensor], labels: torch.Tensor, n_bins: int = 15
     are resampled, each drawn image bringing all of its predictions."""
     from . import claims
 
-    def stat(i) -> float:
-        i = torch.as_tensor(i)
-        return metrics.ece(torch.cat([p[i] for p in preds]), labels[i].repeat(len(preds)), n_bins=n_bins)
+    y = torch.as_tensor(labels).long()
+    conf = np.stack([p.max(1).values.double().numpy() for p in preds])          # [K, N]
+    right = np.stack([(p.argmax(1) == y).double().numpy() for p in preds])
 
-    return claims.bootstrap(stat, len(labels), n_resamples=claims.PLOT_RESAMPLES)
+    def stat(i: np.ndarray) -> np.ndarray:   # [..., n] images -> the K predictions of each, pooled
+        pooled = lambda v: np.moveaxis(v[:, i], 0, -2).reshape(*i.shape[:-1], -1)  # noqa: E731
+        return metrics.ece_rows(pooled(conf), pooled(right), n_bins)
+
+    return claims.bootstrap(stat, len(y), n_resamples=claims.PLOT_RESAMPLES)
 
 
 def _reliability_column(top, bottom, preds: list[torch.Tensor], labels: torch.Tensor, n_bins: int) -> None:
@@ -372,8 +376,7 @@ def attack_intervals(outcomes: dict, method: str, attack_names: Iterable[str]) -
 
     def auc(a: str) -> claims.Estimate:
         o = outcomes[method, a]
-        return claims.bootstrap(lambda i, j: metrics.auc(o["mi_clean"][i], o["mi_adv"][j]), len(o["mi_clean"]),
-                                len(o["mi_adv"]), n_resamples=claims.PLOT_RESAMPLES)
+        return claims.auc_estimate(o["mi_clean"], o["mi_adv"], n_resamples=claims.PLOT_RESAMPLES)
 
     aucs = [auc(a) for a in names]
     return {"acc": acc, "auc": np.array([[e.low for e in aucs], [e.high for e in aucs]])}

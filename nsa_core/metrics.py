@@ -80,28 +80,30 @@ def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
                                         n_bins=n_bins, norm="l1").item()
 
 
+def confidence_bins(conf: np.ndarray | torch.Tensor, n_bins: int = 15) -> np.ndarray:
+    """Bin index of each top-class confidence: torchmetrics' float32 edges and left-closed bins
+    [lower, upper), with a confidence of exactly 1.0 folded into the top bin."""
+    conf = np.asarray(torch.as_tensor(conf).detach().cpu().float())
+    edges = np.linspace(0, 1, n_bins + 1, dtype=np.float32)
+    return np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+
+
 def reliability(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> pd.DataFrame:
     """The reliability diagram behind `ece`: one row per confidence bin with columns
     bin_lower, bin_upper, confidence (mean top-class probability), accuracy, count.
     Empty bins have NaN confidence and accuracy."""
     probs, labels = _as_tensors(probs, labels)
     conf, pred = probs.max(1)
-    # The same float32 boundaries and left-closed bins as torchmetrics, so the rows reproduce
-    # its ECE; the clamp puts confidence 1.0 into the top bin.
-    conf = conf.float()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
-    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
-    count = torch.bincount(idx, minlength=n_bins).double()
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf.double())
-    hit_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, (pred == labels).double())
-    empty = count == 0
-    return pd.DataFrame({
-        "bin_lower": edges[:-1].double().numpy(),
-        "bin_upper": edges[1:].double().numpy(),
-        "confidence": torch.where(empty, math.nan, conf_sum / count).numpy(),
-        "accuracy": torch.where(empty, math.nan, hit_sum / count).numpy(),
-        "count": count.long().numpy(),
-    })
+    idx = confidence_bins(conf, n_bins)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    conf_sum = np.bincount(idx, conf.double().numpy(), minlength=n_bins)
+    hit_sum = np.bincount(idx, (pred == labels).double().numpy(), minlength=n_bins)
+    edges = np.linspace(0, 1, n_bins + 1, dtype=np.float32).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:],
+                             "confidence": np.where(count > 0, conf_sum / count, math.nan),
+                             "accuracy": np.where(count > 0, hit_sum / count, math.nan),
+                             "count": count.astype(int)})
 
 
 def entropy(probs: ArrayLike) -> torch.Tensor:
@@ -144,3 +146,60 @@ def auc(negatives: ArrayLike, positives: ArrayLike) -> float:
 def spearman(a: ArrayLike, b: ArrayLike) -> float:
     """Spearman's rank correlation between paired scores (NaN if either is constant)."""
     return float(spearmanr(_flat_numpy(a), _flat_numpy(b)).statistic)
+
+
+# ------------------------------------------------------------------ row-wise (bootstrap) forms
+# The bootstrap scores a statistic on a thousand resamples at once: these take arrays whose
+# last axis holds the units (test images, architectures) and whose leading axes are the
+# resamples, and reduce the last axis. Each equals its readable form above on one row
+# (tests/test_metrics.py): `auc` (scikit-learn), `spearman` (scipy), `ece` (torchmetrics).
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+    return rankdata(x, axis=-1)   # ties get their average rank
+
+
+def auc_rows(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """`auc` of every row: [..., n] negatives and [..., m] positives -> [...]; the
+    Mann-Whitney statistic from the ranks of both together, ties counting half."""
+    neg, pos = np.asarray(negatives, float), np.asarray(positives, float)
+    n, m = neg.shape[-1], pos.shape[-1]
+    lead = np.broadcast_shapes(neg.shape[:-1], pos.shape[:-1])
+    ranks = _ranks(np.concatenate([np.broadcast_to(neg, lead + (n,)), np.broadcast_to(pos, lead + (m,))], -1))
+    return (ranks[..., n:].sum(-1) - m * (m + 1) / 2) / (n * m)
+
+
+def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of every row, NaN where a row is constant."""
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`spearman` of every row: Pearson's r of the (tie-averaged) ranks."""
+    return pearson_rows(_ranks(np.asarray(a, float)), _ranks(np.asarray(b, float)))
+
+
+def kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of every row (ties allowed, as a resample has them); NaN where
+    undefined. All pairs at once: [..., n, n] signs, fine for the few dozen architectures
+    it ranks."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    sa = np.sign(a[..., :, None] - a[..., None, :])
+    sb = np.sign(b[..., :, None] - b[..., None, :])
+    norm = np.sqrt((sa * sa).sum((-1, -2)) * (sb * sb).sum((-1, -2)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, (sa * sb).sum((-1, -2)) / np.where(norm > 0, norm, 1), np.nan)
+
+
+def ece_rows(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """`ece` of every row from per-example top-class confidence and correctness (0/1):
+    [..., n] -> [...], with `confidence_bins`' bins."""
+    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
+    lead, n = conf.shape[:-1], conf.shape[-1]
+    rows = int(np.prod(lead))
+    bins = confidence_bins(conf.reshape(-1), n_bins).reshape(rows, n) + n_bins * np.arange(rows)[:, None]
+    gap = np.bincount(bins.ravel(), (correct - conf).reshape(-1), minlength=rows * n_bins)
+    return np.abs(gap.reshape(rows, n_bins)).sum(-1).reshape(lead) / n

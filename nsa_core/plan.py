@@ -46,8 +46,7 @@ def _tour(e: Experiment, sets: dict[str, Any]) -> list[ModelSpec]:
 def _nas_proxy(e: Experiment) -> list[ModelSpec]:
     from . import beyond
     specs = beyond.proxy_specs(e, beyond.PROXY_ARCHS.get(e.profile.name, 10))
-    return [e.spec(k, space=S) for k in ("nsa", "nsa-i") for S in e.profile.spaces_bn] + \
-        [s for kind in ("single", *beyond.SHARED_KINDS) for s in specs[kind]]
+    return [s for kind in ("single", *beyond.SHARED_KINDS) for s in specs[kind]]
 
 
 TOUR = {"epochs": 1, "test_size": 500, "n_archs": 20}   # 00's TOUR and SPACE parameters

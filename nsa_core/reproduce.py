@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from . import runtime
-from .claims import (CONFIDENCE, FAILS, HOLDS, INCONCLUSIVE, KINDS, N_RESAMPLES, NOT_COMPARABLE,
+from .claims import (CLAIM_KINDS, CONFIDENCE, FAILS, HOLDS, INCONCLUSIVE, N_RESAMPLES, NOT_COMPARABLE,
                      PAPER_CLAIM, PLURAL, tally)
 from .experiment import CLAIM_FIELDS
 from . import paths
@@ -249,7 +249,7 @@ def _tally_lines(claims: pd.DataFrame) -> list[str]:
     """The verdict counts, the paper's claims apart from the rest."""
     t = tally(claims)
     lines = []
-    for kind in KINDS:
+    for kind in CLAIM_KINDS:
         if kind in t.index:
             row = t.loc[kind]
             lines.append(f"- **{PLURAL[kind]}: {row.sum()}**: {row[HOLDS]} hold, {row[FAILS]} do not hold, "

@@ -105,19 +105,14 @@ def plot_histograms(scores: pd.DataFrame, by: str, hue: str, title: str, labels:
 
 # ------------------------------------------------------------------ claims' statistics
 
-def arch_difference(scores: pd.DataFrame, column: str, a, b, stat=np.mean, seed: int = 0) -> claims.Estimate:
+def arch_difference(scores: pd.DataFrame, column: str, a, b, stat=None, seed: int = 0) -> claims.Estimate:
     """stat(accuracies under `a`) - stat(accuracies under `b`) of the same architectures
     (`column` tells a from b: the BN mode, or the model on one training space), with the
     interval of a bootstrap over architectures: the rows of one resample are the same
-    architectures under both."""
+    architectures under both. `stat` reduces the last axis (default the mean; claims.spread)."""
+    stat = stat or (lambda v: v.mean(-1))
     wide = scores.pivot(index="arch", columns=column, values="acc").dropna()
-    x, y = wide[a].to_numpy(float), wide[b].to_numpy(float)
-    return claims.bootstrap(lambda i: stat(x[i]) - stat(y[i]), len(x), seed=seed)
-
-
-def spread(values: np.ndarray) -> float:
-    """Standard deviation over architectures (ddof 1, as pandas' std)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return claims.paired(lambda x, y: stat(x) - stat(y), wide[a], wide[b], seed=seed)
 
 
 def ensemble_hits(member_probs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -348,7 +343,7 @@ def curve_spread(curves: dict[str, pd.DataFrame], a: str, b: str, column: str = 
     ta, tb = (claims.curve_instability(curves[m], column) for m in (a, b))
     if not (len(ta) and len(tb)):
         return None
-    return claims.two_sample(lambda x, y: np.std(x, ddof=1) - np.std(y, ddof=1), ta, tb, seed=seed)
+    return claims.two_sample(lambda x, y: claims.spread(x) - claims.spread(y), ta, tb, seed=seed)
 
 
 def plot_variance_by_space(variance: pd.DataFrame) -> plt.Figure:
@@ -374,8 +369,7 @@ def rank_correlation(scores: pd.DataFrame, model: str, S: int, seed: int = 0) ->
     from . import metrics
 
     w = scores[(scores.model == model) & (scores.S == S)].pivot(index="arch", columns="bn", values="acc")
-    a, b = w["train"].to_numpy(), w["test"].to_numpy()
-    return claims.bootstrap(lambda i: metrics.spearman(a[i], b[i]), len(w), seed=seed)
+    return claims.paired(metrics.spearman_rows, w["train"], w["test"], seed=seed)
 
 
 def plot_spearman(rows: pd.DataFrame, title: str) -> plt.Figure:

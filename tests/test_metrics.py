@@ -186,3 +186,25 @@ def test_spearman():
     assert M.spearman(a, a.exp()) == pytest.approx(1.0)
     assert M.spearman(a, -a ** 3) == pytest.approx(-1.0)
     assert M.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_row_forms_equal_the_readable_metrics():
+    """The bootstrap's vectorised forms, row by row, against scikit-learn, scipy and torchmetrics."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    neg, pos = rng.normal(size=(6, 30)).round(1), rng.normal(0.3, size=(6, 20)).round(1)   # ties included
+    assert M.auc_rows(neg, pos) == pytest.approx([M.auc(n, p) for n, p in zip(neg, pos)], abs=1e-12)
+    a, b = rng.integers(0, 5, (6, 12)).astype(float), rng.normal(size=(6, 12)).round(1)
+    assert M.spearman_rows(a, b) == pytest.approx([M.spearman(x, y) for x, y in zip(a, b)], abs=1e-12)
+    assert M.kendall_rows(a, b) == pytest.approx([stats.kendalltau(x, y).statistic for x, y in zip(a, b)], abs=1e-12)
+    assert np.isnan(M.kendall_rows([1.0, 1, 1], [1.0, 2, 3])) and np.isnan(M.spearman_rows([1.0, 1, 1], [1.0, 2, 3]))
+    for seed in range(3):
+        probs, labels = _random_probs(seed=seed)
+        conf, pred = probs.max(1)
+        assert M.ece_rows(conf.numpy(), (pred == labels).numpy()) == pytest.approx(M.ece(probs, labels), abs=1e-6)
+    probs, labels = _random_probs(n=300)
+    conf, right = probs.max(1).values.numpy(), (probs.argmax(1) == labels).numpy()
+    rows = np.stack([np.arange(300), np.roll(np.arange(300), 7) % 150])
+    assert M.ece_rows(conf[rows], right[rows]) == pytest.approx(
+        [M.ece(probs[torch.as_tensor(r)], labels[torch.as_tensor(r)]) for r in rows], abs=1e-6)

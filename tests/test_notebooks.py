@@ -1,23 +1,26 @@
-"""The notebooks run end to end in the smoke profile (nbval, --nbval-lax: every cell must run,
-outputs are not compared), and `python -m nsa_core reproduce` runs them, reports, and fails
-the way it promises. Every run shares one scratch results folder, so each model trains once;
-nothing is written into the repository's results/."""
+"""The notebooks, end to end, as `make reproduce PROFILE=smoke` runs them: one smoke run per
+test session (`smoke_run`: `train-all --jobs 2` trains the smoke plan, then `reproduce`
+executes every notebook 00-09 once with papermill, which stops at the first cell that raises),
+and every check reads from that run: each notebook's executed copy has no error output and
+carries no absolute path, its claims.json is well formed, the models it asked for are the ones
+the plan declares, and REPORT.md reports it. Nothing is written into the repository's results/.
+How `reproduce` fails is tested without a second real run (a stand-in executor)."""
 import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from nsa_core import cli, plan
+from nsa_core.claims import CLAIM_KINDS, VERDICTS
+from nsa_core.profiles import get_profile
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("smoke_results")
 
 
 def _env(results: Path) -> dict[str, str]:
@@ -30,6 +33,33 @@ def _nsa(results: Path, *args: str, timeout: int = 900) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
+@dataclass
+class SmokeRun:
+    results: Path                        # the scratch results folder (NSA_RESULTS_DIR)
+    train: subprocess.CompletedProcess   # train-all
+    run: subprocess.CompletedProcess     # reproduce
+
+    @property
+    def folder(self) -> Path:
+        return self.results / "smoke"
+
+    def claims(self, stem: str) -> dict:
+        return json.loads((self.folder / stem / "claims.json").read_text())
+
+    def executed(self, stem: str) -> dict:
+        return json.loads((self.folder / "executed" / f"{stem}.ipynb").read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """The whole suite at the smoke profile, once per session: the plan trained by two workers,
+    then every notebook run by `reproduce`, which writes REPORT.md."""
+    results = tmp_path_factory.mktemp("smoke_results")
+    train = _nsa(results, "train-all", "--profile", "smoke", "--jobs", "2", "--device", "cpu")
+    assert train.returncode == 0, train.stderr[-3000:]
+    return SmokeRun(results, train, _nsa(results, "reproduce", "--profile", "smoke"))
+
+
 def test_notebooks_are_committed_without_outputs():
     for nb in NOTEBOOKS:
         cells = json.loads(nb.read_text())["cells"]
@@ -38,59 +68,92 @@ def test_notebooks_are_committed_without_outputs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
-def test_notebook_runs_in_smoke_profile(notebook, results):
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                          "--nbval-current-env", str(notebook)],
-                         cwd=ROOT, env=_env(results), capture_output=True, text=True, timeout=1800)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    claims = json.loads((results / "smoke" / notebook.stem / "claims.json").read_text())
-    # The tour (00) is teaching, not a replication: it finishes with figures and no claims.
-    assert claims["profile"] == "smoke" and (claims["claims"] or notebook.stem == "00_tour"), \
-        f"{notebook.stem} recorded no claims"
-    assert claims["paper_scale"] is False
-    assert all(c["kind"] in ("paper claim", "beyond the paper", "sanity check") for c in claims["claims"])
-    assert str(ROOT) not in json.dumps(claims["claims"]) + json.dumps(claims["notes"])   # relative paths only
-
-
-@pytest.mark.slow
-def test_reproduce_writes_report(results):
-    run = _nsa(results, "reproduce", "--profile", "smoke", "--notebooks", "01")
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = results / "smoke" / "REPORT.md"
-    assert run.stdout.strip().endswith("REPORT.md")
-    text = report.read_text()
-    assert "01_bn_disparity" in text and "| notebook | statement |" in text
+def test_every_notebook_runs_and_the_report_is_written(smoke_run):
+    assert smoke_run.run.returncode == 0, smoke_run.run.stderr[-4000:]
+    assert smoke_run.run.stdout.strip().endswith("REPORT.md")
+    text = (smoke_run.folder / "REPORT.md").read_text()
     assert "**paper claims: " in text and "**sanity checks: " in text and "bootstrap interval" in text
     assert "](01_bn_disparity/fig2cd_histograms.png)" in text
     # every model with its final accuracy and training time (smoke: 3 epochs)
     assert re.search(r"\| nsa \| 5 \| synthetic \| 01[0-9 ]* \| 3 \| \d+\.\d % \| \d+ s \|", text), text
-    assert (results / "smoke" / "executed" / "01_bn_disparity.ipynb").is_file()
-    assert (results / "smoke" / "claims.csv").read_text().startswith("notebook,statement,paper,reproduced,verdict,rule")
+    # the plan's training counts in the wall time
+    assert "train-all (the plan's models, trained before the notebooks)" in text
+    assert (smoke_run.folder / "claims.csv").read_text().startswith("notebook,statement,paper,reproduced,verdict,rule")
 
 
 @pytest.mark.slow
-def test_reproduce_reports_a_failing_notebook_in_one_line(results):
-    # A data set no loader knows passes the profile but makes the notebook's setup cell raise.
-    run = _nsa(results, "reproduce", "--profile", "smoke", "--notebooks", "01", "--set", "dataset=nonexistent")
-    assert run.returncode == 1
-    lines = [line for line in run.stderr.splitlines() if line.startswith("nsa: notebook")]
-    assert len(lines) == 1, run.stderr[-3000:]
-    assert lines[0].startswith("nsa: notebook 01_bn_disparity failed in cell ")
-    assert "ValueError: unknown data set 'nonexistent'" in lines[0]
-    assert "(partial output: " in lines[0] and "Traceback" not in run.stderr
-    assert (results / "smoke" / "executed" / "01_bn_disparity.ipynb").is_file()
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_notebook_in_the_smoke_run(notebook, smoke_run):
+    stem = notebook.stem
+    executed = smoke_run.executed(stem)
+    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, f"{stem}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    assert all(c.get("execution_count") for c in executed["cells"] if c["cell_type"] == "code"), \
+        f"{stem}: not every cell ran"
+    assert str(ROOT) not in json.dumps(executed)   # executed copies carry relative paths only
+
+    record = smoke_run.claims(stem)
+    # The tour (00) is teaching, not a replication: it finishes with figures and no claims.
+    assert record["profile"] == "smoke" and (record["claims"] or stem == "00_tour"), f"{stem} recorded no claims"
+    assert record["paper_scale"] is False
+    for c in record["claims"]:
+        assert c["kind"] in CLAIM_KINDS and c["verdict"] in VERDICTS and c["statement"] and c["rule"], c
+    assert str(ROOT) not in json.dumps(record)
+    for rel in record["figures"] + record["tables"]:
+        assert (smoke_run.folder / rel).is_file(), rel
+    assert f"[{stem}](executed/{stem}.ipynb)" in (smoke_run.folder / "REPORT.md").read_text()
+
+    # the plan declares exactly the models the notebook asked the cache for
+    assert record["seed"] == 0
+    if stem != "00_tour":   # the tour trains with its own small settings (plan.TOUR)
+        assert record["settings"] == json.loads(json.dumps(get_profile("smoke").as_dict()))
+    declared = [s.key for s in plan.asked_by(stem, "smoke")]
+    asked = record["models"]
+    if stem == "06_calibration" and not asked:   # 06 reads 05's cached probabilities when 05 ran first
+        return
+    assert set(asked) == set(declared) and len(asked) == len(declared), stem
 
 
-def test_reproduce_rejects_a_missing_data_dir(tmp_path):
-    run = _nsa(tmp_path, "reproduce", "--profile", "smoke", "--data-dir", str(tmp_path / "nowhere"), timeout=120)
-    assert run.returncode == 2
-    assert run.stderr.strip().count("\n") == 0 and "does not exist" in run.stderr
+@pytest.mark.slow
+def test_train_all_trained_the_whole_plan_once(smoke_run):
+    items = plan.build_plan("smoke", models_dir=smoke_run.results / "models")
+    assert items and all(it.state == plan.TRAINED for it in items)
+    assert f"{len(items)} trained, 0 failed" in smoke_run.train.stdout
+
+
+def test_reproduce_reports_a_failing_notebook_in_one_line(tmp_path, capsys, monkeypatch):
+    """A cell that raises: one line naming the notebook, the cell and the error; exit 1; the
+    partial executed copy kept; the notebooks after it not run."""
+    import papermill
+
+    monkeypatch.setenv("NSA_RESULTS_DIR", str(tmp_path))
+    ran = []
+
+    def failing(src, out, **kwargs):
+        ran.append(Path(src).stem)
+        Path(out).write_text(json.dumps({"partial": True}))
+        raise papermill.PapermillExecutionError(cell_index=3, exec_count=4, source="", ename="ValueError",
+                                                evalue="unknown data set 'nonexistent'\nmore", traceback=[])
+
+    monkeypatch.setattr(papermill, "execute_notebook", failing)
+    assert cli.main(["reproduce", "--profile", "smoke", "--notebooks", "01", "02"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nsa: notebook")]
+    assert lines == [f"nsa: notebook 01_bn_disparity failed in cell 4: ValueError: unknown data set 'nonexistent' "
+                     f"more (partial output: {tmp_path / 'smoke' / 'executed' / '01_bn_disparity.ipynb'})"]
+    assert ran == ["01_bn_disparity"] and (tmp_path / "smoke" / "executed" / "01_bn_disparity.ipynb").is_file()
+
+
+def test_reproduce_rejects_a_missing_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NSA_RESULTS_DIR", str(tmp_path))
+    assert cli.main(["reproduce", "--profile", "smoke", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "does not exist" in err
     assert not (tmp_path / "smoke").exists()   # nothing ran
 
 
-def test_reproduce_rejects_an_unknown_notebook(tmp_path):
-    run = _nsa(tmp_path, "reproduce", "--profile", "smoke", "--notebooks", "42", timeout=120)
-    assert run.returncode == 2
-    assert run.stderr.strip() == "nsa: error: no notebook numbered '42'; choose from " + \
+def test_reproduce_rejects_an_unknown_notebook(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NSA_RESULTS_DIR", str(tmp_path))
+    assert cli.main(["reproduce", "--profile", "smoke", "--notebooks", "42"]) == 2
+    assert capsys.readouterr().err.strip() == "nsa: error: no notebook numbered '42'; choose from " + \
         ", ".join(nb.name[:2] for nb in NOTEBOOKS)

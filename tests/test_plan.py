@@ -1,6 +1,5 @@
 """The plan: which models each notebook needs, their state in the cache, and that the
 declaration matches what the notebooks really asked for (their claims.json "models")."""
-import json
 from pathlib import Path
 
 import pytest
@@ -59,30 +58,3 @@ def test_missing_data_is_named_not_trained(tmp_path):
     items = plan.build_plan("tiny", ["07"], tmp_path / "models", data_dir=tmp_path / "nowhere")
     assert items and all(it.state == plan.NO_DATA and not it.needs_training for it in items)
     assert "cifar10" in items[0].note
-
-
-def _smoke_claims(basetemp: Path) -> dict[str, dict]:
-    """The latest smoke run's claims.json per notebook: this session's notebook tests (they
-    run before this file in `make test`), else results/smoke of the repository."""
-    found = {}
-    for folder in [*sorted(basetemp.glob("smoke_results*/smoke")), ROOT / "results" / "smoke"]:
-        for path in folder.glob("*/claims.json"):
-            found.setdefault(path.parent.name, json.loads(path.read_text()))
-    return found
-
-
-def test_declaration_matches_what_the_smoke_notebooks_asked_for(tmp_path_factory):
-    claims = _smoke_claims(tmp_path_factory.getbasetemp())
-    usable = {nb: c for nb, c in claims.items()
-              if "models" in c and c["seed"] == 0 and c["settings"] == get_profile("smoke").as_dict()}
-    if not usable:
-        pytest.skip("no smoke run of the notebooks with default settings to compare with")
-    declared = {nb: [s.key for s in plan.asked_by(nb, "smoke")] for nb in usable}
-    for nb, record in usable.items():
-        asked = record["models"]
-        # 06 reads 05's cached probabilities when 05 ran first, and then asks for no model
-        if asked or nb != "06_calibration":
-            assert set(asked) == set(declared[nb]) and len(asked) == len(declared[nb]), nb
-        else:
-            assert set(asked) <= set(declared[nb])
-

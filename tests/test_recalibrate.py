@@ -128,15 +128,3 @@ def test_explicit_wirings_and_bad_arguments(images):
         E.recalibrated_scores(net, x, x[:32], y[:32], NORM, batches=0)
     with pytest.raises(ValueError, match="fewer than one batch"):
         E.recalibrated_scores(net, x[:16], x[:32], y[:32], NORM, batch_size=32)
-
-
-def test_kendall_equals_scipy_with_ties():
-    from scipy import stats
-
-    from nsa_core import beyond
-
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        a, b = rng.integers(0, 5, 12).astype(float), rng.normal(size=12).round(1)
-        assert beyond.kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)
-    assert np.isnan(beyond.kendall([1, 1, 1], [1, 2, 3]))
