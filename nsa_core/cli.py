@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or resume one model into the cache; prints its folder",
                        description="Train (or resume, or just find) one model of the model cache and print "
-                                   "its folder. Values come from the profile; --set overrides any profile "
+                                   "its folder. Values come from the profile; --set overrides any recipe "
                                    "or model-spec key.")
     t.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS)}")
     t.add_argument("--space", type=int, default=None, help="S, the training space size (default 500; fixed nets: 1)")
