@@ -37,6 +37,13 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        tmp.unlink(missing_ok=True)
+        # torch's writer reports a failed write (a full disk) as "[enforce fail at
+        # inline_container.cc] unexpected pos": the OSError it was handling says what happened
+        if isinstance(e.__context__, OSError):
+            raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from None
+        raise
     except BaseException:   # a failed save (disk full, unpicklable, a signal) leaves no temp file
         tmp.unlink(missing_ok=True)
         raise
@@ -118,9 +125,11 @@ def damage(folder: Path, spec: Any, data_identity: str) -> str | None:
     None when its manifest, checksums and spec all agree."""
     try:
         record = json.loads((folder / MANIFEST).read_text())
-        files = record["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return f"{folder / MANIFEST} cannot be read"
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict):
+        return f"{folder / MANIFEST} is not a manifest (no table of files)"
     if record.get("spec") != spec.to_json():
         return f"{folder / MANIFEST} names another spec"
     if record.get("data") != data_identity:

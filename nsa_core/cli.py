@@ -1,11 +1,15 @@
 """Command line: `python -m nsa_core {train,reproduce,bench,profiles,models,train-all} ...`.
 
-User mistakes (an unknown profile, kind, data set or --set key, missing data) print one line
-and exit with code 2; they never show a traceback.
+User mistakes (an unknown profile, kind, data set or --set key, missing or unusable data, a
+device that does not exist) print one line and exit with code 2; failures of the machine (a
+full disk, no SLURM) one line and code 1; an interrupted command exits with 130. None shows
+a traceback. Relative folders are taken from the repository root in a checkout (else from
+the working directory), in every subcommand: nsa_core/paths.py.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -50,15 +54,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_profiles(args) -> int:
+    from dataclasses import asdict
+
     if args.name:
         get_profile(args.name)   # an unknown name is a KeyError, not an empty listing
     for name in PROFILES:
         if args.name and name != args.name:
             continue
         print(f"[{name}]")
-        for k, v in get_profile(name).as_dict().items():
+        profile = get_profile(name)
+        sections = {"train": "the supervised recipe", "semi": "the semi-supervised recipe",
+                    "slurm": "one model's SLURM job: train-all --executor slurm"}
+        for k, v in [*profile.as_dict().items(), ("slurm", asdict(profile.slurm))]:
             if isinstance(v, dict):
-                print(f"  [{k}]" + ("  (the supervised recipe)" if k == "train" else "  (the semi-supervised recipe)"))
+                print(f"  [{k}]  ({sections[k]})")
                 for kk, vv in v.items():
                     print(f"    {kk} = {vv}")
             elif k != "name":
@@ -84,61 +93,110 @@ def _plan_from_args(args):
 
 
 def cmd_models(args) -> int:
-    from .plan import NO_DATA, PARTIAL, TRAINED, table
-    items = _plan_from_args(args)
+    from .plan import DAMAGED, MISSING, NO_DATA, PARTIAL, TRAINED, table
+    items = _plan_from_args(args)   # reads only: decodes, downloads and writes nothing
     for line in table(items):
         print(line)
     count = lambda state: sum(it.state == state for it in items)  # noqa: E731
-    print(f"{len(items)} models: {count(TRAINED)} trained, {count(PARTIAL)} partial, "
-          f"{sum(it.needs_training for it in items) - count(PARTIAL)} missing, {count(NO_DATA)} without data",
-          file=sys.stderr)
+    print(f"{len(items)} models: {count(TRAINED)} trained, {count(PARTIAL)} partial, {count(MISSING)} missing, "
+          f"{count(DAMAGED)} damaged, {count(NO_DATA)} without data", file=sys.stderr)
     return 0
+
+
+def _positive(value: str, what: str, auto: bool = False) -> int | None:
+    """`value` as a positive whole number (None for 'auto' where allowed), else ValueError."""
+    if auto and value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{what} must be a positive whole number{' or auto' if auto else ''}, got {value!r}")
+    return n
 
 
 def cmd_train_all(args) -> int:
     from . import paths, scale
-    from .plan import NO_DATA, TRAINED
-    items = _plan_from_args(args)
+    from .plan import NO_DATA, TRAINED, build_plan, specs
+    sets = parse_sets(args.set)
+    profile = get_profile(args.profile, sets)
+    local = args.executor == "local"
+    # what can be checked here is checked before any worker starts
+    if local:
+        runtime.device(args.device)
+        requested = _positive(args.jobs, "--jobs", auto=True) or scale.default_jobs(args.device)
+        threads = _positive(str(args.threads), "--threads") if args.threads is not None else None
+    else:
+        opts = scale.slurm_options(args.slurm_config, profile.slurm, partition=args.partition, time=args.time,
+                                   account=args.account, cpus_per_task=args.cpus_per_task,
+                                   mem_gb=args.mem_gb, sbatch=args.sbatch)
+        if not args.dry_run:
+            scale.require_slurm()
+    data = paths.data_dir(args.data_dir)
+    if (args.data_dir is not None or os.environ.get("NSA_DATA_DIR")) and not data.is_dir():
+        raise ValueError(f"data folder {data} does not exist; pass an existing --data-dir")
+    missing: dict[str, str] = {}
+    if not args.dry_run:   # download and decode each data set once, here, not in every worker
+        for dataset in sorted({s.recipe.dataset for s, _ in specs(args.profile, args.notebooks, args.seed, sets,
+                                                                    data).values()} - {"synthetic"}):
+            try:
+                D.prepare(dataset, data)
+            except D.DataMissing as e:
+                missing[dataset] = str(e)
+    items = build_plan(args.profile, args.notebooks, args.models_dir, data, seed=args.seed, sets=sets)
     todo = [it for it in items if it.needs_training]
     absent = [it for it in items if it.state == NO_DATA]
     for dataset in sorted({it.spec.recipe.dataset for it in absent}):   # one line per data set
         left = [it for it in absent if it.spec.recipe.dataset == dataset]
-        print(f"nsa: left out {len(left)} model(s) of {dataset}: {left[0].note}", file=sys.stderr)
+        print(f"nsa: {'left out' if todo else 'error: cannot train'} {len(left)} model(s) of {dataset}: "
+              f"{missing.get(dataset, left[0].note)}", file=sys.stderr)
+    if absent and not todo:   # nothing can be trained for want of data: no summary, no timings
+        return 2
     print(f"nsa: {len(items)} models in the plan: {sum(it.state == TRAINED for it in items)} trained, "
           f"{len(todo)} to train, {len(absent)} without data", file=sys.stderr)
-    models, data = paths.models_dir(args.models_dir), paths.data_dir(args.data_dir)
+    models = paths.models_dir(args.models_dir)
     logs = paths.resolve(args.logs) if args.logs else models / ".jobs"
-    if args.executor == "slurm":
-        opts = scale.slurm_options(args.slurm_config, partition=args.partition, time=args.time,
-                                   account=args.account, cpus_per_task=args.cpus_per_task,
-                                   mem_gb=args.mem_gb, sbatch=args.sbatch)
+    if not local:
         if args.dry_run:
-            for it in todo:
-                print(scale.sbatch_script(opts, logs, f"nsa-{it.key}"))
+            if todo:
+                print(scale.sbatch_script(opts, logs, f"nsa-{profile.name}", len(todo)))
             return 0
-        jobs = scale.submit_slurm(todo, opts, models, data, logs)
+        jobs = scale.submit_slurm(todo, opts, models, data, logs, f"nsa-{profile.name}")
         if not args.wait:
             print(f"nsa: {len(jobs)} jobs submitted; `python -m nsa_core models` shows their progress",
                   file=sys.stderr)
-            return 0
-        outcomes = scale.wait_for(jobs)
+            return 2 if absent else 0
+        try:
+            outcomes = scale.wait_for(jobs)
+        except KeyboardInterrupt:
+            print(f"nsa: stopped waiting; the {len(jobs)} jobs go on (scancel stops them)", file=sys.stderr)
+            return 130
     else:
-        requested = scale.default_jobs(args.device) if args.jobs == "auto" else int(args.jobs)
-        if requested < 1:
-            raise ValueError(f"--jobs must be positive or auto, got {args.jobs}")
         # threads from the jobs asked for, not the models left: a rerun resumes a model with
         # the thread count it started with, so its weights stay those of an uninterrupted run
-        threads = args.threads or scale.worker_threads(requested)
+        threads = threads or scale.worker_threads(requested)
         t0 = time.time()
-        outcomes = scale.train_local(todo, min(requested, len(todo)) or 1, models, data, args.device,
-                                     threads, logs) if todo else []
-        # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
-        # when everything was cached, so that a rerun does not count an old training again
-        from .reproduce import TRAIN_ALL, save_timings
-        save_timings(paths.results_dir() / get_profile(args.profile).name, {TRAIN_ALL: time.time() - t0})
+        outcomes = scale.train_local(todo, min(requested, len(todo)), models, data, args.device, threads,
+                                     logs) if todo else []
+        if any(o.state == scale.INTERRUPTED for o in outcomes):   # one line each said so already
+            return 130
+        if all(o.ok for o in outcomes) and not absent:
+            # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
+            # when everything was cached, so that a rerun does not count an old training
+            # again; none for a run that failed or left models out
+            from .reproduce import TRAIN_ALL, save_timings
+            save_timings(paths.results_dir() / profile.name, {TRAIN_ALL: time.time() - t0})
     for line in scale.summary(outcomes, absent):
         print(line)
-    return 0 if all(o.ok for o in outcomes) else 1
+    if not all(o.ok for o in outcomes):
+        return 1
+    return 2 if absent else 0
+
+
+RELATIVE = "a relative path is taken from the repository root in a checkout, else from the working directory"
+DATA_DIR_HELP = f"data folder (default $NSA_DATA_DIR, else data/; {RELATIVE})"
+MODELS_DIR_HELP = f"model cache (default $NSA_MODELS_DIR, else results/models; {RELATIVE})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,22 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or resume one model into the cache; prints its folder",
                        description="Train (or resume, or just find) one model of the model cache and print "
-                                   "its folder. Values come from the profile; --set overrides any profile "
+                                   "its folder. Values come from the profile; --set overrides any recipe "
                                    "or model-spec key.")
     t.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS)}")
     t.add_argument("--space", type=int, default=None, help="S, the training space size (default 500; fixed nets: 1)")
     t.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-    t.add_argument("--data-dir", default=None, help="data folder (default $NSA_DATA_DIR, else ./data)")
-    t.add_argument("--models-dir", default=None, help="model cache (default $NSA_MODELS_DIR, else results/models)")
+    t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    t.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one recipe or spec value (semi.KEY: the semi-supervised recipe); repeatable")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one recipe or spec value, e.g. epochs=2 or seed=1; semi=consistency or "
+                        "semi=labelled-only trains with the profile's semi-supervised recipe; repeatable")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("reproduce", help="run the notebooks with papermill and write REPORT.md",
-                       description="Run notebooks 01-08 headless in a profile; results go to results/<profile>/.")
+                       description="Run the notebooks (notebooks/NN_*.ipynb, all or --notebooks) headless in a "
+                                   "profile; results go to results/<profile>/.")
     r.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-    r.add_argument("--data-dir", default=None, help="data folder (default $NSA_DATA_DIR, else ./data)")
+    r.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     r.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
     r.add_argument("--no-report", action="store_true", help="skip writing REPORT.md")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value; repeatable")
@@ -183,35 +244,42 @@ def build_parser() -> argparse.ArgumentParser:
     def plan_arguments(q: argparse.ArgumentParser) -> None:
         q.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
         q.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
-        q.add_argument("--data-dir", default=None, help="data folder (default $NSA_DATA_DIR, else ./data)")
-        q.add_argument("--models-dir", default=None, help="model cache (default $NSA_MODELS_DIR, else results/models)")
+        q.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+        q.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
         q.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (default 0)")
         q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value, as for reproduce; repeatable")
 
     m = sub.add_parser("models", help="list the models the notebooks of a profile need, and their state",
                        description="Every model the chosen notebooks need: kind, S, spec key, state in the "
-                                   "cache (trained, partial with the epochs reached, missing) and folder.")
+                                   "cache (trained, partial with the epochs reached, missing, damaged, no data) "
+                                   "and folder. Reads only: decodes, downloads and writes nothing; a trained "
+                                   "model gets the check every load makes.")
     plan_arguments(m)
     m.set_defaults(func=cmd_models)
 
     a = sub.add_parser("train-all", help="train every missing model of a profile, in parallel (submitit)",
-                       description="Train what the plan of `models` lacks: N local worker processes, or one "
-                                   "SLURM job per model. A failed model does not stop the others; rerunning "
-                                   "retries only what is missing.")
+                       description="Train what the plan of `models` lacks (missing, partial or damaged): N "
+                                   "local worker processes, or one SLURM job array. A failed model does not stop "
+                                   "the others; rerunning retries only what is missing. Ctrl-C or SIGTERM stops "
+                                   "the workers at their next step (rerun to resume).")
     plan_arguments(a)
     a.add_argument("--executor", choices=("local", "slurm"), default="local")
     a.add_argument("--jobs", default="auto", help="local workers (default auto: one per GPU, else one per core)")
-    a.add_argument("--threads", type=int, default=None, help="torch threads per local worker (default: the cores split between the workers)")
+    a.add_argument("--threads", type=int, default=None,
+                   help="torch threads per local worker (default: the cores split between the workers, at most "
+                        "$OMP_NUM_THREADS)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    a.add_argument("--logs", default=None, help="submitit's job folders (default <models-dir>/.jobs)")
+    a.add_argument("--logs", default=None, help="submitit's job folders (default <models-dir>/.jobs; removed "
+                                                  "after a model's success, kept for a failed one)")
     a.add_argument("--slurm-config", default=None, help="INI file with a [slurm] section (partition, time, account, ...)")
     a.add_argument("--partition", default=None, help="slurm partition")
-    a.add_argument("--time", default=None, help="slurm time limit per job (minutes or D-HH:MM:SS; default 24:00:00)")
+    a.add_argument("--time", default=None, help="slurm time limit per job (minutes or D-HH:MM:SS; default: the "
+                                                  "profile's, `profiles NAME` shows it)")
     a.add_argument("--account", default=None, help="slurm account")
-    a.add_argument("--cpus-per-task", type=int, default=None, help="slurm CPUs per job (default 8)")
-    a.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job")
+    a.add_argument("--cpus-per-task", type=int, default=None, help="slurm CPUs per job (default: the profile's)")
+    a.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job (default: the profile's)")
     a.add_argument("--sbatch", action="append", metavar="OPTION", help="extra sbatch option, e.g. --sbatch=--qos=high; repeatable")
-    a.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch scripts, submit nothing")
+    a.add_argument("--dry-run", action="store_true", help="slurm: print the job array's sbatch script, submit nothing")
     a.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print the summary")
     a.set_defaults(func=cmd_train_all)
     return p
@@ -229,12 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FloatingPointError) as e:   # the latter: a diverging run (lr too high)
         print(f"nsa: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:   # a full disk, a permission: what and where, in one line
+    except OSError as e:   # the machine's failure (a full disk, no SLURM): what and where, in one line
         where = f": {e.filename}" if e.filename else ""
         print(f"nsa: error: {e.strerror or e}{where}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt as e:   # SIGINT/SIGTERM: the trainer has written a checkpoint
-        print(f"nsa: {e or 'interrupted'}", file=sys.stderr)
+        print(f"nsa: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -6,14 +6,20 @@ index batches straight out of a tensor (on any device) instead of going through 
 DataLoader with per-image Python transforms.
 
 Where the data come from, in order:
-  1. a cache written by an earlier load: <data-dir>/<name>/.nsa-cache/<split>.pt
-  2. a local copy in ImageFolder layout: <data-dir>/<name>/<split>/<class>/*
-     (classes in alphabetical order, which is the label order of CIFAR-10/100 and SVHN)
-  3. fashion-mnist only: the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or
+  1. a local copy in ImageFolder layout: <data-dir>/<name>/<split>/<class>/*
+     (classes in alphabetical order, which is the label order of CIFAR-10/100 and SVHN;
+     the train and test splits must hold the same class folders)
+  2. fashion-mnist only: the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or
      torchvision's <data-dir>/FashionMNIST/raw/
-  4. torchvision, downloading when allowed.
-The cache is trusted as is: delete the .nsa-cache folder after changing the data under it.
-If none works, `DataMissing` says what to provide. "synthetic" is generated in memory.
+  3. torchvision's files in <data-dir>, downloaded when allowed.
+Each split is decoded once into a cache, <data-dir>/<name>/.nsa-cache/<split>.pt, which
+records the listing of what it was decoded from (every file's name, size and mtime, and the
+class folders). Every load lists the source again (a stat per file, no decoding) and decodes
+again, saying why in one line, when the listing differs, so a cache is never stale. A cache
+whose source is gone altogether is used as it is. The identity of a data set, which names the
+models trained on it, is the hash of those listings: any change to the data gives other
+models. If nothing works, `DataMissing` says what to provide. "synthetic" is generated in
+memory.
 
 All randomness comes from explicitly seeded torch.Generators; the global RNG is never used,
 so subsets, evaluation order and augmentation are reproducible and resumable.
@@ -22,9 +28,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import shutil
 import http.client
+import json
+import os
+import shutil
 import struct
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +69,7 @@ STD: dict[str, tuple[float, float, float]] = {
     "synthetic": (0.27, 0.27, 0.27),
 }
 SYNTHETIC_SIZE = {"train": 2048, "test": 512}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2   # 2: records the listing of its source
 
 
 @dataclass
@@ -88,12 +97,157 @@ class DataMissing(RuntimeError):
     """A data set is neither on disk nor downloadable; the message says how to provide it."""
 
 
+class DataError(ValueError):
+    """The data on disk cannot be used as it is; the message names the file or folder and what
+    to do."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+@dataclass(frozen=True)
+class Source:
+    """What one split is decoded from, as the file system lists it. `files` maps each file's
+    name (relative to `folder`, in decoding order) to its size and mtime in ns; `digest`
+    changes whenever a file is added, removed, renamed, rewritten or touched, or a class
+    folder appears or goes."""
+    kind: str                             # "folder" (ImageFolder), "idx" or "torchvision"
+    folder: Path
+    files: dict[str, tuple[int, int]]
+    classes: tuple[str, ...] = ()         # "folder": the class folders, in label order
+    digest: str = ""
+
+
+def _source(kind: str, folder: Path, files: dict[str, tuple[int, int]], classes: tuple[str, ...] = ()) -> Source:
+    h = hashlib.sha1(json.dumps([kind, list(classes), list(files.items())]).encode())
+    return Source(kind, folder, files, classes, h.hexdigest())
+
+
+def _stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _class_folders(folder: Path) -> list[str]:
+    # torchvision's ImageFolder rule (find_classes): every sub-folder is a class, sorted
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def _image_folder_source(folder: Path) -> Source:
+    """The files of an ImageFolder copy in the order, and with the labels, that torchvision's
+    ImageFolder gives them (make_dataset: classes sorted, os.walk sorted, names sorted, image
+    extensions only), so the decoded split is the one ImageFolder would load."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = _class_folders(folder)
+    if not classes:
+        raise DataError(f"{folder} holds no images in <class>/<image> layout (no class folders)")
+    files: dict[str, tuple[int, int]] = {}
+    empty = []
+    top = len(str(folder)) + 1   # relative names by slicing: os.path.relpath per file costs more than the stat
+    for c in classes:
+        count = len(files)
+        for path, _, fnames in sorted(os.walk(os.path.join(folder, c), followlinks=True)):
+            for f in sorted(fnames):
+                if f.lower().endswith(IMG_EXTENSIONS):
+                    full = os.path.join(path, f)
+                    files[full[top:]] = _stat(full)
+        if len(files) == count:
+            empty.append(c)
+    if empty:
+        raise DataError(f"class folder {folder / empty[0]} has no images; put its images there or remove it "
+                        f"({len(empty)} class folder(s) without images in {folder})")
+    return _source("folder", folder, files, tuple(classes))
+
+
+def _check_classes(root: Path, name: str) -> None:
+    """The train and test copies of an ImageFolder data set must name the same classes, or a
+    label means one class in training and another in testing."""
+    train, test = root / name / "train", root / name / "test"
+    if not (train.is_dir() and test.is_dir()):
+        return
+    a, b = set(_class_folders(train)), set(_class_folders(test))
+    if a != b:
+        only = lambda s, t: ", ".join(sorted(s - t)[:5]) or "none"  # noqa: E731
+        raise DataError(f"the class folders of {train} and {test} differ (only in train: {only(a, b)}; "
+                        f"only in test: {only(b, a)}); both splits need the same class folders")
+
+
+def _torchvision_files(name: str, split: str, root: Path) -> tuple[Path, list[str]]:
+    """The folder and the files torchvision keeps `split` of `name` in."""
+    import torchvision.datasets as tvd
+
+    if name in ("cifar10", "cifar100"):
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        listed = cls.train_list if split == "train" else cls.test_list
+        return root / cls.base_folder, [f for f, _ in listed] + [cls.meta["filename"]]
+    if name == "svhn":
+        return root / "svhn", [tvd.SVHN.split_list[split][1]]
+    prefix = "train" if split == "train" else "t10k"   # fashion-mnist, as torchvision's raw/ holds it
+    return root / "FashionMNIST" / "raw", [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+
+
+def _locate(name: str, split: str, root: Path) -> tuple[str, Path, list[str]] | None:
+    """Which local copy `load` decodes `split` from, without reading it: (kind, folder, the
+    files for "idx" and "torchvision"), or None when there is none."""
+    folder = root / name / split
+    if folder.is_dir():
+        return "folder", folder, []
+    if name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
+        return "idx", idx[0].parent, [p.name for p in idx]
+    base, files = _torchvision_files(name, split, root)
+    if files and all((base / f).is_file() for f in files):
+        return "torchvision", base, files
+    return None
+
+
+def source(name: str, split: str, data_dir: str | Path | None = None) -> Source | None:
+    """The listing of the local copy of `split` (a stat per file, nothing decoded), None when
+    there is none; DataError when it cannot be used (no images in a class folder, train and
+    test class folders that differ)."""
+    root = resolve_data_dir(data_dir)
+    found = _locate(name, split, root)
+    if found is None:
+        return None
+    kind, folder, files = found
+    if kind == "folder":
+        _check_classes(root, name)
+        return _image_folder_source(folder)
+    return _source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
+
+
+def on_disk(name: str, split: str, data_dir: str | Path | None = None) -> bool:
+    """Whether `split` of `name` can be loaded without a download (a local copy or its decode
+    cache), checked without reading either."""
+    root = resolve_data_dir(data_dir)
+    return name == "synthetic" or _locate(name, split, root) is not None or _cache_path(root, name, split).is_file()
+
+
+def _changes(old: dict, new: Source) -> str:
+    """How a listing changed, in a few words: '3 files changed, 10 added, 10 removed'."""
+    before, after = old.get("files", {}), new.files
+    changed = sum(1 for f in before.keys() & after.keys() if tuple(before[f]) != tuple(after[f]))
+    counts = [(n, what) for n, what in ((changed, "changed"), (len(after.keys() - before.keys()), "added"),
+                                        (len(before.keys() - after.keys()), "removed")) if n]
+    parts = [f"{n} file{'s' if n != 1 else ''} {what}" if i == 0 else f"{n} {what}" for i, (n, what) in enumerate(counts)]
+    if tuple(old.get("listed_classes", ())) != new.classes:
+        parts.append("class folders changed")
+    return ", ".join(parts) or "its source changed"
+
+
 # ----------------------------------------------------------------------------- loading
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The data folder (paths.data_dir's rule: the argument, else $NSA_DATA_DIR, else
     <repo>/data)."""
     return paths.data_dir(data_dir)
+
+
+def _cache_path(root: Path, name: str, split: str) -> Path:
+    return root / name / ".nsa-cache" / f"{split}.pt"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def load(
@@ -114,16 +268,15 @@ def load(
         return synthetic(split, synthetic_size, seed)
 
     root = resolve_data_dir(data_dir)
-    cache = root / name / ".nsa-cache" / f"{split}.pt"
-    cached = _read_cache(cache, name)
-    if cached is not None:
-        return cached
-    folder = root / name / split
-    if folder.is_dir():
-        out = _from_image_folder(folder, name)
-    elif name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
-        out = _from_idx(*idx)
-    else:
+    cache = _cache_path(root, name, split)
+    src = source(name, split, root)
+    record = _read_cache(cache)
+    if isinstance(record, dict) and (src is None or record["source"] == src.digest):
+        return Split(record["images"], record["labels"], list(record["classes"]), name)
+    if src is not None and record is not None:
+        why = f"stale ({_changes(record, src)})" if isinstance(record, dict) else record
+        _say(f"nsa: data cache of {name}/{split} is {why}; decoding again")
+    if src is None:
         existed = root.exists()
         try:
             out = _from_torchvision(name, split, root, download)
@@ -131,59 +284,70 @@ def load(
             if not existed:   # a mistyped --data-dir must not be left behind as an empty folder
                 shutil.rmtree(root, ignore_errors=True)
             raise
-    _write_cache(cache, out)
+        src = source(name, split, root)   # the files just downloaded
+    else:
+        out = _decode_source(src, name, split, root)
+    if src is not None:
+        _write_cache(cache, out, src)
     return out
 
 
-def identity(name: str, data_dir: str | Path | None = None, synthetic_size: int | None = None) -> str:
-    """The identity of a data set as a model sees it: its training and test splits."""
-    h = hashlib.sha1()
+def prepare(name: str, data_dir: str | Path | None = None) -> None:
+    """Both splits of `name` on disk and decoded into their caches (downloading when needed), so
+    that the workers that train on them only read the caches; the errors of `load`."""
     for split in SPLITS:
-        h.update(fingerprint(name, split, data_dir, synthetic_size if split == "train" else None).encode())
+        load(name, split, data_dir)
+
+
+def identity(name: str, data_dir: str | Path | None = None, synthetic_size: int | None = None,
+             download: bool = True) -> str:
+    """The identity of a data set as a model sees it: a hash of the listings of its training
+    and test splits (`source`), so it changes whenever the data do, and costs no decoding.
+    Without a local copy it is the listing recorded in the decode cache, else the data are
+    downloaded first (DataMissing with download=False). The synthetic set's: a hash of its
+    images and labels."""
+    h = hashlib.sha1()
+    if name == "synthetic":
+        for split in SPLITS:
+            h.update(load(name, split, data_dir, synthetic_size=synthetic_size if split == "train" else None)
+                     .fingerprint().encode())
+        return h.hexdigest()[:12]
+    root = resolve_data_dir(data_dir)
+    for split in SPLITS:
+        src = source(name, split, root)
+        if src is None:
+            record = _read_cache(_cache_path(root, name, split), peek=True)
+            if not isinstance(record, dict):
+                if not download:
+                    raise DataMissing(_missing_message(name, split, root, "nothing on disk, and download=False"))
+                load(name, split, root)
+                return identity(name, root, synthetic_size, download=False)
+            digest = record["source"]
+        else:
+            digest = src.digest
+        h.update(f"{split}:{digest}".encode())
     return h.hexdigest()[:12]
 
 
-def fingerprint(name: str, split: str, data_dir: str | Path | None = None, synthetic_size: int | None = None) -> str:
-    """The identity of one decoded split (a hash of its images and labels), computed once
-    and kept beside the split's cache, keyed by the cache file's size and time."""
-    if name == "synthetic":
-        return load(name, split, data_dir, synthetic_size=synthetic_size).fingerprint()
-    cache = resolve_data_dir(data_dir) / name / ".nsa-cache" / f"{split}.pt"
-    if not cache.is_file():
-        load(name, split, data_dir)
-    side = cache.with_suffix(".fingerprint")
-    stamp = f"{cache.stat().st_size}:{cache.stat().st_mtime_ns}" if cache.is_file() else ""
-    if stamp and side.is_file():
-        saved_stamp, _, value = side.read_text().partition(" ")
-        if saved_stamp == stamp:
-            return value.strip()
-    value = load(name, split, data_dir).fingerprint()
-    if stamp:
-        try:
-            side.write_text(f"{stamp} {value}")
-        except OSError:   # a read-only data folder: computed again next time
-            pass
-    return value
-
-
-def _read_cache(path: Path, name: str) -> Split | None:
+def _read_cache(path: Path, peek: bool = False) -> dict | str | None:
+    """The decode cache's record, None when there is none, or why it cannot be used. `peek`
+    maps the tensors instead of reading them: for the recorded listing alone."""
     if not path.is_file():
         return None
     try:
-        d = torch.load(path, weights_only=True)
+        d = torch.load(path, weights_only=True, mmap=peek)
+        if d.get("version") != _CACHE_VERSION:
+            return "of an older version"
         images, labels = d["images"], d["labels"]
-        ok = (d["version"] == _CACHE_VERSION and images.dtype == torch.uint8
-              and images.ndim == 4 and images.shape[1:] == (3, 32, 32)
-              and labels.dtype == torch.int64 and labels.shape == (len(images),))
+        ok = (images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1:] == (3, 32, 32)
+              and labels.dtype == torch.int64 and labels.shape == (len(images),)
+              and isinstance(d["source"], str) and isinstance(d["files"], dict))
     except Exception:  # a torn or foreign file: any unpickling error means "rebuild it"
         ok = False
-    if not ok:
-        warnings.warn(f"ignoring unreadable data cache {path}; rebuilding it", stacklevel=3)
-        return None
-    return Split(images, labels, list(d["classes"]), name)
+    return d if ok else "unreadable"
 
 
-def _write_cache(path: Path, data: Split) -> None:
+def _write_cache(path: Path, data: Split, src: Source) -> None:
     # Atomic, so a concurrent or interrupted load never sees half a file; temporaries of
     # killed writers (a full-size copy each) go first. A read-only data folder just means no
     # cache, not a failed load.
@@ -191,36 +355,35 @@ def _write_cache(path: Path, data: Split) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent)
         atomic_save({"version": _CACHE_VERSION, "images": data.images, "labels": data.labels,
-                     "classes": data.classes}, path)
+                     "classes": data.classes, "source": src.digest, "files": src.files,
+                     "listed_classes": src.classes}, path)
+        path.with_suffix(".fingerprint").unlink(missing_ok=True)   # the identity record of version 1 caches
     except OSError as e:
         warnings.warn(f"could not write data cache {path} ({e}); loads will decode again",
                       stacklevel=3)
 
 
-class DataError(ValueError):
-    """The data on disk cannot be used as it is; the message names the file or folder and what
-    to do."""
+def _decode_source(src: Source, name: str, split: str, root: Path) -> Split:
+    if src.kind == "folder":
+        return _from_image_folder(src, name)
+    if src.kind == "idx":
+        images, labels = (src.folder / f for f in src.files)
+        return _from_idx(images, labels)
+    return _from_torchvision(name, split, root, download=False)
 
 
-def _from_image_folder(folder: Path, name: str) -> Split:
-    from torchvision.datasets import ImageFolder
-
-    empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not any(f.is_file() for f in d.rglob("*")))
-    if empty:
-        raise DataError(f"class folder {folder / empty[0]} is empty; put its images there or remove it "
-                        f"({len(empty)} empty class folder(s) in {folder})")
-    try:
-        ds = ImageFolder(str(folder))  # only for its file list and sorted class order
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"{folder} holds no images in <class>/<image> layout ({str(e).splitlines()[0]})") from None
-    if len(ds.classes) != NUM_CLASSES[name]:
-        warnings.warn(f"{folder} has {len(ds.classes)} class folders, {name} has "
-                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=3)
-    images = torch.empty(len(ds.samples), 3, 32, 32, dtype=torch.uint8)
-    for i, (path, _) in enumerate(ds.samples):  # runs once per data set, then the cache
+def _from_image_folder(src: Source, name: str) -> Split:
+    if len(src.classes) != NUM_CLASSES[name]:
+        warnings.warn(f"{src.folder} has {len(src.classes)} class folders, {name} has "
+                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=4)
+    label = {c: i for i, c in enumerate(src.classes)}
+    images = torch.empty(len(src.files), 3, 32, 32, dtype=torch.uint8)
+    labels = torch.empty(len(src.files), dtype=torch.int64)
+    for i, rel in enumerate(src.files):  # runs once per change of the data, then the cache
+        path = str(src.folder / rel)
         images[i] = _to_32x32_rgb(_decode(path), path)
-    labels = torch.tensor(ds.targets, dtype=torch.int64)
-    return Split(images, labels, list(ds.classes), name)
+        labels[i] = label[Path(rel).parts[0]]
+    return Split(images, labels, list(src.classes), name)
 
 
 def _decode(path: str) -> torch.Tensor:

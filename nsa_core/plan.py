@@ -37,7 +37,10 @@ def _tour(e: Experiment, sets: dict[str, Any]) -> list[ModelSpec]:
     from .understand import synthetic_fallback
     settings = {**TOUR, **sets}   # as 00's setup cell: the tour's settings, the overrides winning
     prof = get_profile(e.profile.name, settings)
-    prof = get_profile(e.profile.name, {**settings, **(synthetic_fallback(prof, e.data_dir) or {})})
+    # synthetic_fallback decodes the data to see whether they load; the plan must not decode
+    # (`models` only reads), and a copy on disk is all it looks for
+    fallback = None if D.on_disk(prof.train.dataset, "test", e.data_dir) else synthetic_fallback(prof, e.data_dir)
+    prof = get_profile(e.profile.name, {**settings, **(fallback or {})})
     tour = Experiment(notebook=e.notebook, profile=prof, out=e.out, models_dir=e.models_dir,
                       data_dir=e.data_dir, device=e.device, seed=e.seed)
     return [tour.spec(k, space=TOUR_SPACE) for k in ("nsa", "nsa-i")]
@@ -71,7 +74,7 @@ NOTEBOOK_MODELS: dict[str, Callable[[Experiment, dict[str, Any]], list[ModelSpec
     "09_nas_proxy": lambda e, _: _nas_proxy(e),
 }
 
-TRAINED, PARTIAL, MISSING, NO_DATA = "trained", "partial", "missing", "no data"
+TRAINED, PARTIAL, MISSING, DAMAGED, NO_DATA = "trained", "partial", "missing", "damaged", "no data"
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,9 @@ class Item:
     spec: ModelSpec
     notebooks: tuple[str, ...]
     folder: Path | None          # None when its data set cannot be had
-    state: str                   # TRAINED, PARTIAL, MISSING or NO_DATA
+    state: str                   # TRAINED, PARTIAL, MISSING, DAMAGED or NO_DATA
     epoch: int = 0               # PARTIAL: epochs finished
-    note: str = ""               # NO_DATA: why; otherwise a failure left by an earlier try
+    note: str = ""               # NO_DATA, DAMAGED: why; otherwise a failure left by an earlier try
 
     @property
     def key(self) -> str:
@@ -90,13 +93,19 @@ class Item:
 
     @property
     def needs_training(self) -> bool:
-        return self.state in (PARTIAL, MISSING)
+        return self.state in (PARTIAL, MISSING, DAMAGED)
 
     @property
     def label(self) -> str:
         """kind, the semi-supervised mode and the individual's index: 'single #3', 'wrn (labelled-only)'."""
         s = self.spec
         return s.kind + (f" ({s.semi})" if s.semi else "") + (f" #{s.arch_index}" if s.kind == "single" else "")
+
+    @property
+    def name(self) -> str:
+        """What tells this model from the others of a plan, for progress lines: the label, S
+        and the key ('wrn (labelled-only) S=1 wrn-3f2a...')."""
+        return f"{self.label} S={self.spec.space} {self.key}"
 
     def final(self) -> dict[str, float] | None:
         """A trained model's last evaluation (history.csv): epochs, test accuracy (BN in test
@@ -160,16 +169,22 @@ def _checkpoint_epoch(folder: Path) -> int | None:
 
 def state_of(spec: ModelSpec, models_dir: Path | str | None = None, data_dir=None,
              users: tuple[str, ...] = ()) -> Item:
-    """Where `spec` stands in the model cache."""
-    from .cache import model_dir   # the cache imports the trainer: only when a state is asked
-    from .checkpoint import MANIFEST
+    """Where `spec` stands in the model cache, found by reading alone: no data are decoded or
+    downloaded, nothing is written. A finished model gets the check every load makes
+    (cache.status): one that fails it is DAMAGED."""
+    from . import cache   # the cache imports the trainer: only when a state is asked
 
+    r = spec.recipe
     try:
-        folder = model_dir(spec, models_dir, data_dir)
-    except D.DataMissing as e:
+        identity = D.identity(r.dataset, data_dir, r.synthetic_size, download=False)
+    except (D.DataMissing, D.DataError) as e:
         return Item(spec, users, None, NO_DATA, note=str(e).splitlines()[0])
-    if (folder / MANIFEST).is_file():
+    folder = cache.folder_of(spec, models_dir, identity)
+    state, problem = cache.status(folder, spec, identity)
+    if state == cache.TRAINED:
         return Item(spec, users, folder, TRAINED)
+    if state == cache.DAMAGED:
+        return Item(spec, users, folder, DAMAGED, note=problem)
     failed = folder / "failed.txt"
     note = f"failed before: {failed.read_text().strip()}" if failed.is_file() else ""
     epoch = _checkpoint_epoch(folder)
@@ -199,7 +214,8 @@ def table(items: list[Item]) -> list[str]:
     """The plan as aligned text lines: kind, S, key, state, notebooks, folder."""
     rows = [("kind", "S", "key", "state", "notebooks", "folder")]
     for it in items:
+        where = str(it.folder) if it.folder else it.note
         rows.append((it.label, str(it.spec.space), it.key, it.describe(),
-                     " ".join(n[:2] for n in it.notebooks), str(it.folder) if it.folder else it.note))
+                     " ".join(n[:2] for n in it.notebooks), where + (f" ({it.note})" if it.state == DAMAGED else "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]

@@ -28,6 +28,17 @@ PAPER_SEMI = {"epochs": 100, "milestones": (40, 80), "batch_size": 64, "aux_weig
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What the SLURM job of one model asks for (train-all --executor slurm; the command line
+    and --slurm-config override them). Not a setting of the results: two profiles that differ
+    only here train the same models."""
+    time: str = "24:00:00"    # per job; a job that reaches it is requeued and resumes
+    mem_gb: float = 32.0      # host memory per job
+    gpus: int = 1             # 0: the job trains on its CPUs
+    cpus: int = 8             # CPUs per job, and the job's torch threads
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     train: Recipe = Recipe()
@@ -43,6 +54,7 @@ class Profile:
     attack_size: int | None = None       # test images attacked; None = all
     ood_dataset: str = "svhn"
     ensemble_datasets: tuple[str, ...] = ("cifar10", "cifar100")
+    slurm: Resources = Resources()
 
     @property
     def semi_recipe(self) -> Recipe:
@@ -58,7 +70,7 @@ class Profile:
         notebooks' knobs by name."""
         if not values:
             return self
-        own = {f.name for f in fields(self)} - {"name", "train", "semi"}
+        own = {f.name for f in fields(self)} - {"name", "train", "semi", "slurm"}
         recipe_keys = {f.name for f in fields(Recipe)}
         mine, recipe, semi = {}, {}, dict(self.semi)
         for key, value in values.items():
@@ -82,12 +94,16 @@ class Profile:
         return out
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings of the results (the SLURM resources are none of them)."""
         d = asdict(self)
         d["semi"] = asdict(self.semi_recipe)
+        del d["slurm"]
         return d
 
 
 PROFILES: dict[str, Profile] = {
+    # paper: 300 epochs of the full set per model, more than a day's limit on many clusters:
+    # the job is requeued at its time limit and resumes from its last checkpoint.
     "paper": Profile(name="paper"),
     # tiny: sized so that the whole suite (00-09) runs in about 90 minutes on the slower of the
     # 2-core CPUs measured (AMD EPYC, `make bench` fixed net about 110 img/s on one thread),
@@ -110,7 +126,9 @@ PROFILES: dict[str, Profile] = {
         semi=dict(epochs=2, milestones=(), batch_size=64, aux_weight=0.0, train_size=None,
                   unlabelled=6400),
         spaces_bn=(500, 5000), spaces_unseen=(5, 50, 500, 5000), space_ensemble=5,
-        n_archs=20, t_max=50, mc_samples=10, attack_size=300),
+        n_archs=20, t_max=50, mc_samples=10, attack_size=300,
+        # a CPU profile: about 5 minutes per model on one core of the build machine
+        slurm=Resources(time="2:00:00", mem_gb=8.0, gpus=0, cpus=1)),
     # gpu: the whole suite on one modern GPU in about two to three hours (UNMEASURED: no GPU
     # run of it yet). A node is a 3x3 convolution of 16w/32w/64w channels at 32/16/8 pixels,
     # 2.36M w^2 multiply-adds in every stage, so a network costs about 7.1M * nodes * w^2
@@ -128,7 +146,9 @@ PROFILES: dict[str, Profile] = {
         name="gpu",
         train=Recipe(width=4.0, nodes=8, epochs=60, milestones=(18, 36, 48)),
         semi=dict(PAPER_SEMI, epochs=20, milestones=(8, 16)),
-        attack_size=2000),
+        attack_size=2000,
+        # about 5 minutes per model estimated above; the limit leaves room for a slower GPU
+        slurm=Resources(time="2:00:00", mem_gb=16.0, gpus=1, cpus=8)),
     "smoke": Profile(
         name="smoke",
         train=Recipe(dataset="synthetic", test_size=256, synthetic_size=1024, width=0.5, nodes=3,
@@ -136,7 +156,8 @@ PROFILES: dict[str, Profile] = {
                      labelled=200, eval_batch=256, log_every=4, eval_every=8),
         semi=dict(epochs=2, milestones=(), batch_size=32, aux_weight=0.0),
         spaces_bn=(5, 50), spaces_unseen=(5, 50), space_ensemble=3, n_archs=6, t_max=8,
-        mc_samples=4, attack_size=64, ood_dataset="synthetic-ood", ensemble_datasets=("synthetic",)),
+        mc_samples=4, attack_size=64, ood_dataset="synthetic-ood", ensemble_datasets=("synthetic",),
+        slurm=Resources(time="0:15:00", mem_gb=4.0, gpus=0, cpus=1)),
 }
 
 
@@ -159,5 +180,5 @@ def at_paper_scale(profile: Profile, knobs: dict[str, Any] | None = None) -> boo
     same = (result_fields(profile.train) == result_fields(paper.train)
             and result_fields(profile.semi_recipe) == result_fields(paper.semi_recipe)
             and all(getattr(profile, f.name) == getattr(paper, f.name) for f in fields(Profile)
-                    if f.name not in ("name", "train", "semi")))
+                    if f.name not in ("name", "train", "semi", "slurm")))
     return same and all(value == paper_value for value, paper_value in (knobs or {}).values())

@@ -111,10 +111,10 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
     if not selected:
         return usage(f"no notebooks found in {notebooks_dir()}")
     if data_dir is not None:
-        data = Path(data_dir).expanduser().absolute()
+        data = paths.data_dir(data_dir)   # a relative path: from the repository root, as in every subcommand
         if not data.is_dir():
             return usage(f"data folder {data} does not exist; pass an existing --data-dir "
-                         "(or leave it out for $NSA_DATA_DIR, else ./data)")
+                         "(or leave it out for $NSA_DATA_DIR, else data/ in the repository)")
         data_dir = for_notebooks(data)
     if sets:
         blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]

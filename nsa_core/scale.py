@@ -1,21 +1,36 @@
 """Train every model a plan needs, in parallel: N worker processes on this machine, or one
-SLURM job per model, both through submitit.
+SLURM job array, both through submitit.
 
 A worker is a `TrainJob`: it sets its thread count, then asks the model cache for its spec
-(`cache.get_or_train`), so the cache's folder lock keeps two workers, notebooks or commands
-from training one model at once, and a model that is partly trained resumes from its last
-checkpoint. On SLURM a job stopped at its time limit or preempted is requeued by submitit
-(`checkpoint` below) and resumes the same way.
+(`cache.obtain`), so the cache's folder lock keeps two workers, notebooks or commands from
+training one model at once, and a model that is partly trained resumes from its last
+checkpoint.
+
+Stopping. Locally, submitit starts a controller process per job, which starts the worker.
+The controllers are started with SIGINT ignored, so a Ctrl-C at the terminal (which reaches
+every process of the foreground group) does not make them print a traceback and kill their
+worker before it has checkpointed; the workers take the SIGINT themselves. `train_local`
+answers SIGINT and SIGTERM by sending SIGTERM to each controller, which forwards it to its
+worker; a worker checkpoints at its next step and ends, and the parent prints one line per
+interrupted model. A worker whose parent dies without a word (SIGKILL) sees it go and stops
+the same way, so no worker outlives the command. On SLURM, SIGTERM and the time-limit signal
+(USR2) belong to submitit: at a time limit or on preemption the trainer checkpoints at its
+next step and hands over to submitit, which requeues the job (`TrainJob.checkpoint`), and the
+requeued job resumes from that step.
 """
 from __future__ import annotations
 
 import configparser
 import os
+import select
 import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -27,6 +42,7 @@ from .config import ModelSpec
 
 if TYPE_CHECKING:   # the workers unpickle this module: they need not import the notebooks' helpers
     from .plan import Item
+    from .profiles import Resources
 
 # Threads per worker that pay on a CPU: on the 2-core build machine two one-thread processes
 # train about 1.3x as many images per second as one two-thread process (a step's small
@@ -34,6 +50,9 @@ if TYPE_CHECKING:   # the workers unpickle this module: they need not import the
 CPU_THREADS_THAT_PAY = 1
 LOCAL_TIMEOUT_MIN = 60 * 24 * 30   # submitit's local default (2 minutes) would kill every training
 TAIL_LINES = 12
+STOP_RESEND_S = 5.0     # a worker still starting up may miss a stop: it is sent again this often
+ORPHAN_GRACE_S = 60.0   # an orphaned worker that has not stopped after its SIGTERM is killed
+LOADED, WAITED, TRAINED, INTERRUPTED, FAILED = "loaded", "waited", "trained", "interrupted", "failed"
 
 
 def cores() -> int:
@@ -52,43 +71,111 @@ def default_jobs(device: str | None = None) -> int:
 
 
 def worker_threads(jobs: int) -> int:
-    """The cores split between `jobs` workers (at least one thread each)."""
-    return max(1, cores() // max(1, jobs))
+    """The cores split between `jobs` workers, at most $OMP_NUM_THREADS (the user's cap on
+    threads per process), at least one."""
+    threads = cores() // max(1, jobs)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    if cap.isdigit() and int(cap) > 0:
+        threads = min(threads, int(cap))
+    return max(1, threads)
+
+
+def _wait_for_exit(*pids: int) -> None:
+    """Return when any of `pids` has exited (or is already gone)."""
+    try:
+        fds = [os.pidfd_open(pid) for pid in pids]   # Linux: woken by the exit itself, whatever reaps it
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):   # no pidfd here: look every second
+        def alive(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+            return True
+        while all(alive(pid) for pid in pids):
+            time.sleep(1.0)
+        return
+    try:
+        select.select(fds, [], [])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _stop_when_orphaned(owner: int) -> None:
+    """Stop this worker when `owner` (the train-all process) or the submitit controller
+    between them exits, however it died: SIGTERM to itself, so the trainer checkpoints at its
+    next step and ends; SIGKILL if it has not ended ORPHAN_GRACE_S later."""
+    controller = os.getppid()
+
+    def watch() -> None:
+        _wait_for_exit(owner, controller)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="nsa-orphan-watch", daemon=True).start()
 
 
 class TrainJob(submitit.helpers.Checkpointable):
     """One model, trained (or resumed, or found finished) through the model cache. Picklable:
-    submitit sends it to the worker; on SLURM its `checkpoint` (inherited) resubmits it as it
-    is, and the requeued job resumes from the trainer's last checkpoint."""
+    submitit sends it to the worker; at a time limit or on preemption its `checkpoint`
+    (inherited) resubmits it as it is, and the requeued job resumes from the trainer's last
+    checkpoint. `owner`: the local train-all process, whose death stops the worker.
+    `preemptible` (SLURM): SIGTERM is submitit's (it precedes a preemption's USR2); locally
+    SIGTERM is how the parent stops its workers."""
 
     def __init__(self, spec_json: str, models_dir: str, data_dir: str | None, device: str | None,
-                 threads: int) -> None:
+                 threads: int, owner: int | None = None, preemptible: bool = False) -> None:
         self.spec_json, self.models_dir, self.data_dir = spec_json, models_dir, data_dir
-        self.device, self.threads = device, threads
+        self.device, self.threads, self.owner, self.preemptible = device, threads, owner, preemptible
 
     def __call__(self) -> dict[str, Any]:
-        from .cache import get_or_train   # the trainer, in the worker only
+        from .cache import obtain   # the trainer, in the worker only
+        from .train import StopSignals
 
+        t0 = time.time()
+        requeue = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        # the controller that started this process ignores SIGINT (train_local), and so would
+        # this process: a Ctrl-C stops a worker
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.preemptible:
+            policy = StopSignals(stop=(signal.SIGINT,), hand_over=(requeue,))
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)   # before training, nothing to save: just end
+            policy = StopSignals(stop=(signal.SIGINT, signal.SIGTERM), hand_over=(requeue,))
+        if self.owner is not None:
+            _stop_when_orphaned(self.owner)
         os.environ["OMP_NUM_THREADS"] = str(self.threads)   # for anything this worker starts
         torch.set_num_threads(self.threads)
         spec = ModelSpec.from_json(self.spec_json)
         print(f"nsa: training {spec.key} with {self.threads} thread(s) on {self.device or 'the default device'}",
               flush=True)
-        t0 = time.time()
-        _, hist = get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=False)
-        return dict(seconds=time.time() - t0, test_acc=float(hist.test_acc.iloc[-1]), epochs=len(hist))
+        try:
+            got = obtain(spec, self.models_dir, self.data_dir, self.device, progress=False, signals=policy)
+        except KeyboardInterrupt:   # the trainer's Interrupted: its checkpoint is written
+            return dict(state=INTERRUPTED, seconds=time.time() - t0)
+        return dict(state=got.how, seconds=time.time() - t0, test_acc=float(got.history.test_acc.iloc[-1]),
+                    epochs=len(got.history))
 
 
 @dataclass
 class Outcome:
     item: Item
-    ok: bool
+    state: str              # LOADED, WAITED, TRAINED, INTERRUPTED or FAILED
     seconds: float
     log: Path | None = None
     test_acc: float | None = None
     error: str = ""
     tail: tuple[str, ...] = ()
     job_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (LOADED, WAITED, TRAINED)
 
 
 def log_tail(path: Path | None, n: int = TAIL_LINES) -> tuple[str, ...]:
@@ -97,19 +184,24 @@ def log_tail(path: Path | None, n: int = TAIL_LINES) -> tuple[str, ...]:
     return tuple(path.read_text(errors="replace").splitlines()[-n:])
 
 
-def _job(item: Item, models_dir: Path, data_dir: Path | None, device: str | None, threads: int) -> TrainJob:
-    return TrainJob(item.spec.to_json(), str(models_dir), str(data_dir) if data_dir else None, device, threads)
+def _job(item: Item, models_dir: Path, data_dir: Path | None, device: str | None, threads: int,
+         owner: int | None = None, preemptible: bool = False) -> TrainJob:
+    return TrainJob(item.spec.to_json(), str(models_dir), str(data_dir) if data_dir else None, device, threads,
+                    owner, preemptible)
 
 
-def _outcome(item: Item, job: submitit.Job, t0: float) -> Outcome:
+def _outcome(item: Item, job: submitit.Job, t0: float, stopping: bool = False) -> Outcome:
     seconds = time.time() - t0
     try:
         result = job.result()
     except Exception as e:   # a failed or killed worker: its log says why
+        if stopping:          # killed by the stop before it had anything to save
+            return Outcome(item, INTERRUPTED, seconds, job.paths.stderr, job_id=str(job.job_id))
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return Outcome(item, False, seconds, job.paths.stderr, error=first,
+        return Outcome(item, FAILED, seconds, job.paths.stderr, error=first,
                        tail=log_tail(job.paths.stderr), job_id=str(job.job_id))
-    return Outcome(item, True, seconds, job.paths.stderr, test_acc=result["test_acc"], job_id=str(job.job_id))
+    return Outcome(item, result["state"], seconds, job.paths.stderr, test_acc=result.get("test_acc"),
+                   job_id=str(job.job_id))
 
 
 @contextmanager
@@ -127,66 +219,140 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while submitit starts a controller: an ignored signal stays ignored across
+    exec, so the controller inherits it (see the module's docstring)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class _StopRequest:
+    """SIGINT or SIGTERM of the parent, noted rather than raised, so that the loop stops its
+    workers and waits for their checkpoints."""
+
+    def __init__(self) -> None:
+        self.sig: int | None = None
+        self.sent = 0.0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.sig = signum
+
+
+@contextmanager
+def _stop_requests() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def progress_line(n: int, total: int, out: Outcome) -> str:
-    what = f"{out.item.spec.kind} S={out.item.spec.space} {out.item.key}"
-    if out.ok:
-        return f"nsa: [{n}/{total}] trained {what} in {out.seconds:.0f} s (test accuracy {out.test_acc:.4f})"
+    what = out.item.name
+    acc = f"test accuracy {out.test_acc:.4f}" if out.test_acc is not None else ""
+    if out.state == TRAINED:
+        return f"nsa: [{n}/{total}] trained {what} in {out.seconds:.0f} s ({acc})"
+    if out.state == WAITED:
+        return f"nsa: [{n}/{total}] waited {out.seconds:.0f} s for another process, found {what} trained ({acc})"
+    if out.state == LOADED:
+        return f"nsa: [{n}/{total}] found {what} trained already ({acc})"
+    if out.state == INTERRUPTED:
+        return f"nsa: interrupted {what}; rerun to resume"
     lines = [f"nsa: [{n}/{total}] FAILED {what} after {out.seconds:.0f} s: {out.error}",
              f"     log {out.log}; its last lines:"]
     return "\n".join(lines + [f"     | {line}" for line in out.tail])
+
+
+def _remove_job_folder(job: submitit.Job, logs: Path) -> None:
+    folder = Path(job.paths.folder)
+    if folder.parent == logs and folder.is_dir():   # never anything but this run's own job folder
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path | None = None,
                 device: str | None = None, threads: int | None = None, logs: Path | None = None,
                 report: Callable[[str], None] = say, poll: float = 0.2) -> list[Outcome]:
     """Train `items` with `jobs` worker processes on this machine (submitit's LocalExecutor),
-    each with `threads` torch threads (default: the cores split between the workers). A
-    failed model is reported and the others go on."""
+    each with `threads` torch threads (default: worker_threads). A failed model is reported
+    and the others go on. SIGINT or SIGTERM stops the workers at their next step (INTERRUPTED
+    outcomes, nothing more is started). The job folders of the models that did not fail are
+    removed at the end; those of failed ones are kept for their logs."""
     threads = threads or worker_threads(jobs)
+    logs = Path(logs or models_dir / ".jobs")
     gpus = torch.cuda.device_count() if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else 0
-    executor = submitit.LocalExecutor(folder=(logs or models_dir / ".logs") / "%j")
+    executor = submitit.LocalExecutor(folder=logs / "%j")
     queue, total = deque(enumerate(items, 1)), len(items)
     running: dict[int, tuple[int, Item, submitit.Job, float]] = {}
-    free, outcomes = list(range(jobs)), []
-    try:
-        while queue or running:
-            while queue and free:
+    free, outcomes, ended = list(range(jobs)), [], []
+    with _stop_requests() as stop:
+        while (queue and not stop.sig) or running:
+            if stop.sig and time.time() - stop.sent > STOP_RESEND_S:
+                for _, _, job, _ in running.values():   # the controller forwards SIGTERM to its worker
+                    try:
+                        os.kill(int(job.job_id), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                stop.sent = time.time()
+            while queue and free and not stop.sig:
                 slot = free.pop(0)
                 n, item = queue.popleft()
                 # one GPU per worker, round robin; no GPU at all for CPU workers
                 executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=1 if gpus else 0,
                                            visible_gpus=[slot % gpus] if gpus else ())
-                with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)):
-                    job = executor.submit(_job(item, models_dir, data_dir, device, threads))
-                report(f"nsa: [{n}/{total}] started {item.spec.kind} S={item.spec.space} {item.key} "
-                       f"({item.describe()}; worker {slot + 1}/{jobs}, {threads} thread(s); log {job.paths.stderr})")
+                with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)), _sigint_ignored():
+                    job = executor.submit(_job(item, models_dir, data_dir, device, threads, owner=os.getpid()))
+                report(f"nsa: [{n}/{total}] started {item.name} ({item.describe()}; worker {slot + 1}/{jobs}, "
+                       f"{threads} thread(s); log {job.paths.stderr})")
                 running[slot] = (n, item, job, time.time())
             for slot, (n, item, job, t0) in list(running.items()):
                 if job.done():
-                    outcomes.append(_outcome(item, job, t0))
+                    outcomes.append(_outcome(item, job, t0, stopping=stop.sig is not None))
+                    ended.append(job)
                     report(progress_line(n, total, outcomes[-1]))
+                    if outcomes[-1].state == INTERRUPTED and stop.sig is None:   # a Ctrl-C the parent missed
+                        stop.sig = signal.SIGINT
                     del running[slot]
                     free.append(slot)
             time.sleep(poll)
-    except KeyboardInterrupt:   # the workers checkpoint on SIGINT; rerunning resumes them
-        for _, _, job, _ in running.values():
-            job.cancel(check=False)
-        raise
+        if stop.sig and queue:
+            report(f"nsa: {len(queue)} model(s) not started; rerun to train them")
+            outcomes += [Outcome(item, INTERRUPTED, 0.0) for _, item in queue]
+    for job, out in zip(ended, outcomes):
+        if out.state != FAILED:
+            _remove_job_folder(job, logs)
+    with suppress(OSError):   # submitit's controller makes the folder pattern itself, empty
+        (logs / "%j").rmdir()
+    if any(o.state == FAILED for o in outcomes):
+        report(f"nsa: the job folders of the failed models, with their logs, are kept in {logs}")
     return outcomes
 
 
 def summary(outcomes: list[Outcome], skipped: list[Item] = ()) -> list[str]:
     """The closing table: one row per model, then the totals."""
     rows = [("kind", "S", "key", "result", "seconds", "log")]
+    said = {TRAINED: "trained", WAITED: "trained by another process", LOADED: "trained before"}
     for o in outcomes:
-        result = f"trained (acc {o.test_acc:.4f})" if o.ok else "FAILED"
-        rows.append((o.item.spec.kind, str(o.item.spec.space), o.item.key, result, f"{o.seconds:.0f}", str(o.log or "")))
+        result = f"{said[o.state]} (acc {o.test_acc:.4f})" if o.ok else o.state.upper()
+        rows.append((o.item.label, str(o.item.spec.space), o.item.key, result, f"{o.seconds:.0f}",
+                     str(o.log or "") if not o.ok else ""))
     for it in skipped:
-        rows.append((it.spec.kind, str(it.spec.space), it.key, it.describe(), "", it.note))
+        rows.append((it.label, str(it.spec.space), it.key, it.describe(), "", it.note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     failed = sum(not o.ok for o in outcomes)
@@ -199,8 +365,7 @@ def summary(outcomes: list[Outcome], skipped: list[Item] = ()) -> list[str]:
 
 SLURM_KEYS = ("partition", "time", "account", "cpus_per_task", "mem_gb", "gpus_per_node", "max_requeues",
               "signal_delay_s", "sbatch", "setup")
-SLURM_DEFAULTS: dict[str, Any] = dict(time="24:00:00", cpus_per_task=8, gpus_per_node=1, max_requeues=10,
-                                      signal_delay_s=120)
+SLURM_DEFAULTS: dict[str, Any] = dict(max_requeues=10, signal_delay_s=120)
 
 
 def minutes(text: str | int) -> int:
@@ -223,11 +388,15 @@ def minutes(text: str | int) -> int:
     return d * 24 * 60 + h * 60 + m + (s > 0)
 
 
-def slurm_options(config: str | Path | None = None, **given: Any) -> dict[str, Any]:
-    """The SLURM options: the defaults, then the [slurm] section of `config` (an INI file:
+def slurm_options(config: str | Path | None = None, resources: Resources | None = None, **given: Any) -> dict[str, Any]:
+    """The SLURM options: the profile's `resources` (time, memory, GPUs and CPUs per job; the
+    Resources defaults without one), then the [slurm] section of `config` (an INI file:
     `partition = gpu`, `sbatch = --qos=high --constraint=a100`, `setup = module load cuda`,
     lines of setup on their own lines), then the command line's values that are not None."""
-    opts = dict(SLURM_DEFAULTS)
+    from .profiles import Resources
+
+    res = resources or Resources()
+    opts = dict(SLURM_DEFAULTS, time=res.time, mem_gb=res.mem_gb, gpus_per_node=res.gpus, cpus_per_task=res.cpus)
     if config is not None:
         parser = configparser.ConfigParser()
         if not parser.read(config):
@@ -239,10 +408,14 @@ def slurm_options(config: str | Path | None = None, **given: Any) -> dict[str, A
                 raise ValueError(f"unknown slurm option {key!r} in {config}; known: {', '.join(SLURM_KEYS)}")
             opts[key] = value
     opts.update({k: v for k, v in given.items() if v not in (None, [], "")})
-    for key in ("cpus_per_task", "gpus_per_node", "max_requeues", "signal_delay_s"):
-        opts[key] = int(opts[key])
-    if opts.get("mem_gb") is not None:
-        opts["mem_gb"] = float(opts["mem_gb"])
+    try:
+        for key in ("cpus_per_task", "gpus_per_node", "max_requeues", "signal_delay_s"):
+            opts[key] = int(opts[key])
+        opts["mem_gb"] = float(opts["mem_gb"]) if opts.get("mem_gb") is not None else None
+    except ValueError as e:
+        raise ValueError(f"slurm option: {e}") from None
+    if opts["cpus_per_task"] < 1 or opts["gpus_per_node"] < 0 or (opts["mem_gb"] is not None and opts["mem_gb"] <= 0):
+        raise ValueError("slurm: cpus_per_task must be positive, gpus_per_node not negative, mem_gb positive")
     opts["time"] = minutes(opts["time"])
     return opts
 
@@ -260,16 +433,15 @@ def _extra_sbatch(words: str | list[str] | None) -> dict[str, Any]:
 
 
 def slurm_parameters(opts: dict[str, Any], job_name: str) -> dict[str, Any]:
-    """submitit's SlurmExecutor parameters (sbatch's names) for one model's job."""
+    """submitit's SlurmExecutor parameters (sbatch's names) for the jobs of one submission."""
     setup = opts.get("setup") or []
     setup = [line.strip() for line in (setup.splitlines() if isinstance(setup, str) else setup) if line.strip()]
-    threads = max(1, opts["cpus_per_task"])
-    params: dict[str, Any] = dict(job_name=job_name, time=opts["time"], gpus_per_node=opts["gpus_per_node"],
+    params: dict[str, Any] = dict(job_name=job_name, time=opts["time"],
                                   cpus_per_task=opts["cpus_per_task"], ntasks_per_node=1, nodes=1,
                                   signal_delay_s=opts["signal_delay_s"],
-                                  setup=[f"export OMP_NUM_THREADS={threads}", *setup],
+                                  setup=[f"export OMP_NUM_THREADS={opts['cpus_per_task']}", *setup],
                                   additional_parameters=_extra_sbatch(opts.get("sbatch")))
-    for key in ("partition", "account"):
+    for key in ("partition", "account", "gpus_per_node"):   # no GPU line at all for a CPU profile
         if opts.get(key):
             params[key] = opts[key]
     if opts.get("mem_gb"):
@@ -277,38 +449,54 @@ def slurm_parameters(opts: dict[str, Any], job_name: str) -> dict[str, Any]:
     return params
 
 
-def sbatch_script(opts: dict[str, Any], logs: Path, job_name: str) -> str:
-    """The sbatch script submitit writes for one model's job, made without a cluster."""
+def sbatch_script(opts: dict[str, Any], logs: Path, job_name: str, count: int = 1) -> str:
+    """The sbatch script submitit writes for a submission of `count` models (one job array
+    when there are several, as `submit_slurm` submits them), made without a cluster."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     folder = Path(logs) / "%j"
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(opts, job_name))
+    return _make_sbatch_string(command=command, folder=folder, map_count=count if count > 1 else None,
+                               **slurm_parameters(opts, job_name))
+
+
+def require_slurm() -> None:
+    """OSError (an environment failure) when this machine cannot submit to SLURM."""
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]   # submitit needs both
+    if missing:
+        raise FileNotFoundError(2, f"{' and '.join(missing)} not on PATH: --executor slurm runs where SLURM's "
+                                   "commands are (--dry-run prints the job script anywhere)")
 
 
 def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data_dir: Path | None,
-                 logs: Path, report: Callable[[str], None] = say) -> list[tuple[Item, submitit.Job]]:
-    """One SLURM job per model, one GPU each. A model whose job from an earlier call is still
-    queued or running is not submitted again (logs/jobs.tsv remembers the jobs)."""
-    executor = submitit.SlurmExecutor(folder=logs / "%j", max_num_timeout=opts["max_requeues"])
+                 logs: Path, job_name: str = "nsa", report: Callable[[str], None] = say
+                 ) -> list[tuple[Item, submitit.Job]]:
+    """The models as one SLURM job array, each task one model with the options' resources. A
+    model whose job from an earlier call is still queued or running is not submitted again
+    (logs/jobs.tsv remembers the jobs)."""
     record = logs / "jobs.tsv"
     known = dict(line.split("\t", 1) for line in record.read_text().splitlines() if "\t" in line) \
         if record.is_file() else {}
-    submitted = []
+    todo = []
     for item in items:
         if item.key in known:
             state = submitit.SlurmJob(logs / "%j", known[item.key]).state
             if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"):
-                report(f"nsa: {item.key} already has job {known[item.key]} ({state}); not submitted again")
+                report(f"nsa: {item.name} already has job {known[item.key]} ({state}); not submitted again")
                 continue
-        executor.update_parameters(**slurm_parameters(opts, f"nsa-{item.key}"))
-        job = executor.submit(_job(item, models_dir, data_dir, "cuda", max(1, opts["cpus_per_task"])))
-        with open(record, "a") as f:
-            f.write(f"{item.key}\t{job.job_id}\n")
-        report(f"nsa: submitted {item.spec.kind} S={item.spec.space} {item.key} as job {job.job_id} "
-               f"(log {job.paths.stderr})")
-        submitted.append((item, job))
-    return submitted
+        todo.append(item)
+    if not todo:
+        return []
+    executor = submitit.SlurmExecutor(folder=logs / "%j", max_num_timeout=opts["max_requeues"])
+    executor.update_parameters(**slurm_parameters(opts, job_name))
+    device = "cuda" if opts["gpus_per_node"] else "cpu"
+    jobs = executor.submit_array([_job(it, models_dir, data_dir, device, opts["cpus_per_task"], preemptible=True)
+                                  for it in todo])
+    with open(record, "a") as f:
+        f.writelines(f"{it.key}\t{job.job_id}\n" for it, job in zip(todo, jobs))
+    for it, job in zip(todo, jobs):
+        report(f"nsa: submitted {it.name} as job {job.job_id} (log {job.paths.stderr})")
+    return list(zip(todo, jobs))
 
 
 def wait_for(jobs: list[tuple[Item, submitit.Job]], report: Callable[[str], None] = say,

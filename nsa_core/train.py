@@ -46,6 +46,17 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
+@dataclass(frozen=True)
+class StopSignals:
+    """How a run answers signals. A signal of `stop` makes it write a checkpoint at the next
+    step and raise Interrupted. A signal of `hand_over` makes it write a checkpoint at the next
+    step and then call the handler that was installed for that signal before the run began:
+    submitit's, which requeues the job at a time limit or on preemption (and exits), so the
+    requeued job resumes from that very step. Signals in neither keep their handlers."""
+    stop: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    hand_over: tuple[int, ...] = ()
+
+
 # ------------------------------------------------------------------------------- data
 
 @dataclass
@@ -228,7 +239,7 @@ def _check_finite(run: Run, recent: list[torch.Tensor], epoch: int, step: int) -
             f"of {run.steps}; try a lower learning rate (--set lr=...)")
 
 
-def train_epoch(run: Run, epoch: int, bar: tqdm, stop: dict, on_step: Callable[[int], None] | None) -> dict:
+def train_epoch(run: Run, epoch: int, bar: tqdm, stop: _Stop, on_step: Callable[[int], None] | None) -> dict:
     """One epoch (or its rest, after a resume); returns its row of the history."""
     r = run.spec.recipe
     run.model.train()
@@ -247,7 +258,7 @@ def train_epoch(run: Run, epoch: int, bar: tqdm, stop: dict, on_step: Callable[[
             sums[i] += v
         recent.append(loss)
         bar.update(1)
-        if len(recent) == r.log_every or step == run.steps - 1 or stop["sig"]:
+        if len(recent) == r.log_every or step == run.steps - 1 or stop.sig:
             _check_finite(run, recent, epoch, step)
             recent.clear()
             bar.set_postfix(epoch=f"{epoch + 1}/{r.epochs}", loss=f"{(sums[0] / sums[2]).item():.3f}",
@@ -257,10 +268,10 @@ def train_epoch(run: Run, epoch: int, bar: tqdm, stop: dict, on_step: Callable[[
             run.model.train()
         if on_step is not None:
             on_step(g + 1)
-        if stop["sig"]:
+        if stop.sig:
             run.save(epoch, step + 1, perm, [t.item() for t in sums])
-            run.say(f"stopped by signal {stop['sig']} at epoch {epoch} step {step + 1}; checkpoint written")
-            raise Interrupted(f"training stopped by signal; resume with the same command ({run.folder})")
+            run.say(f"stopped by signal {stop.sig} at epoch {epoch} step {step + 1}; checkpoint written")
+            stop.act(run.folder)
     test_loss, test_acc = test_pass(run, torch.Generator().manual_seed(10_000 + epoch))
     curve_point(run, (epoch + 1) * run.steps, test_loss, test_acc)
     row = dict(epoch=epoch + 1, train_loss=(sums[0] / sums[2]).item(), train_acc=(sums[1] / sums[2]).item(),
@@ -296,18 +307,36 @@ def test_pass(run: Run, generator: torch.Generator) -> tuple[float, float]:
     return loss.item() / n, correct.item() / n
 
 
+class _Stop:
+    """The signal that came in (None: none yet), and what to do once the checkpoint is written."""
+
+    def __init__(self, policy: StopSignals, previous: dict) -> None:
+        self.sig: int | None = None
+        self.policy, self.previous = policy, previous
+
+    def act(self, folder: Path) -> None:
+        sig, self.sig = self.sig, None
+        handler = self.previous.get(sig)
+        if sig in self.policy.hand_over and callable(handler):
+            handler(sig, None)   # submitit: checkpoints the job and requeues it (exits); a return goes on
+            return
+        raise Interrupted(f"training stopped by signal; resume with the same command ({folder})")
+
+
 @contextmanager
-def stop_signals() -> Iterator[dict]:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step and stops."""
-    flag = {"sig": None}
+def stop_signals(policy: StopSignals | None = None) -> Iterator[_Stop]:
+    """The signals of `policy` (default: SIGINT and SIGTERM stop) set a flag; the loop
+    checkpoints at the next step, then stops or hands over (StopSignals)."""
+    policy = policy or StopSignals()
     if threading.current_thread() is not threading.main_thread():
-        yield flag
+        yield _Stop(policy, {})
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in (*policy.stop, *policy.hand_over)}
+    stop = _Stop(policy, old)
     for s in old:
-        signal.signal(s, lambda signum, frame: flag.__setitem__("sig", signum))
+        signal.signal(s, lambda signum, frame: setattr(stop, "sig", signum))
     try:
-        yield flag
+        yield stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -329,20 +358,23 @@ def finish(run: Run) -> pd.DataFrame:
 
 
 def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: bool = True,
-          on_step: Callable[[int], None] | None = None) -> tuple[WiredNet, pd.DataFrame]:
+          on_step: Callable[[int], None] | None = None,
+          signals: StopSignals | None = None) -> tuple[WiredNet, pd.DataFrame]:
     """Train (or resume) the model of `spec` in `folder`; returns the model and its history.
-    `on_step(step)` is called after every optimiser step (tests use it to kill the run)."""
+    `on_step(step)` is called after every optimiser step (tests use it to kill the run);
+    `signals`: how the run answers signals (StopSignals; default SIGINT and SIGTERM stop it)."""
     runtime.keep_freed_memory()
     run = prepare(spec, Path(folder), data_dir, device)
     try:
-        return _run(run, progress, on_step)
+        return _run(run, progress, on_step, signals)
     except Exception as e:   # a failed run's folder says why; an interrupted one just resumes
         with suppress(OSError):   # a full disk may be why it failed
             (run.folder / FAILED).write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
         raise
 
 
-def _run(run: Run, progress: bool, on_step: Callable[[int], None] | None) -> tuple[WiredNet, pd.DataFrame]:
+def _run(run: Run, progress: bool, on_step: Callable[[int], None] | None,
+         signals: StopSignals | None) -> tuple[WiredNet, pd.DataFrame]:
     spec = run.spec
     resume(run)
     p = run.progress
@@ -350,7 +382,7 @@ def _run(run: Run, progress: bool, on_step: Callable[[int], None] | None) -> tup
                dynamic_ncols=True, file=sys.stderr,
                desc=f"{spec.kind} S={spec.space} {runtime.precision(run.device, spec.recipe.precision)}")
     try:
-        with stop_signals() as stop:
+        with stop_signals(signals) as stop:
             for epoch in range(p["epoch"], spec.recipe.epochs):
                 row = train_epoch(run, epoch, bar, stop, on_step)
                 run.progress["history"].append(row)

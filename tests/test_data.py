@@ -25,12 +25,13 @@ COLOURS = {
 }
 
 
-def _fake_image_folder(root: Path, ext: str) -> None:
-    for cls in ["cat", "airplane", "bird"]:  # created out of order on purpose
-        folder = root / "cifar10" / "train" / cls
-        folder.mkdir(parents=True)
-        for i, colour in enumerate(COLOURS[cls]):
-            Image.new("RGB", (32, 32), colour).save(folder / f"{i:04d}.{ext}", quality=95)
+def _fake_image_folder(root: Path, ext: str, splits: tuple[str, ...] = ("train",)) -> None:
+    for split in splits:
+        for cls in ["cat", "airplane", "bird"]:  # created out of order on purpose
+            folder = root / "cifar10" / split / cls
+            folder.mkdir(parents=True)
+            for i, colour in enumerate(COLOURS[cls]):
+                Image.new("RGB", (32, 32), colour).save(folder / f"{i:04d}.{ext}", quality=95)
 
 
 def _load_fake(root: Path) -> data.Split:
@@ -60,15 +61,76 @@ def test_image_folder_labels_pixels_and_cache(tmp_path, ext, tol):
     assert again.classes == split.classes
 
 
-def test_unreadable_cache_is_rebuilt(tmp_path):
+def test_unreadable_cache_is_rebuilt(tmp_path, capsys):
     _fake_image_folder(tmp_path, "png")
     cache = tmp_path / "cifar10" / ".nsa-cache" / "train.pt"
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"not a torch file")
-    with pytest.warns(UserWarning, match="unreadable data cache"):
-        split = _load_fake(tmp_path)
+    split = _load_fake(tmp_path)
+    assert capsys.readouterr().err.splitlines() == ["nsa: data cache of cifar10/train is unreadable; decoding again"]
     assert len(split) == 12
     assert torch.load(cache, weights_only=True)["images"].shape == (12, 3, 32, 32)
+
+
+def test_the_decoded_order_is_imagefolders(tmp_path):
+    """The listing decides the order and the labels; they must be torchvision ImageFolder's
+    (the committed results were trained in that order), nested folders, odd names and files
+    that are no images included."""
+    from torchvision.datasets import ImageFolder
+
+    _fake_image_folder(tmp_path, "png")
+    folder = tmp_path / "cifar10" / "train"
+    (folder / "bird" / "sub").mkdir()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(folder / "bird" / "sub" / "0000.png")
+    Image.new("RGB", (32, 32), (4, 5, 6)).save(folder / "cat" / "B.PNG")
+    (folder / "cat" / "notes.txt").write_text("not an image")
+    split = _load_fake(tmp_path)
+    reference = ImageFolder(str(folder))
+    assert split.classes == reference.classes
+    assert split.labels.tolist() == reference.targets
+    src = data.source("cifar10", "train", tmp_path)
+    assert [str(folder / f) for f in src.files] == [p for p, _ in reference.samples]
+
+
+def test_a_stale_cache_is_decoded_again_and_says_why(tmp_path, capsys):
+    _fake_image_folder(tmp_path, "png", ("train", "test"))
+    first = _load_fake(tmp_path)
+    before = data.identity("cifar10", tmp_path)
+    cat = tmp_path / "cifar10" / "train" / "cat"
+    Image.new("RGB", (32, 32), (99, 99, 99)).save(cat / "0001.png")   # same name, new pixels
+    (cat / "0003.png").rename(tmp_path / "cifar10" / "train" / "bird" / "0009.png")   # one image moves class
+    capsys.readouterr()
+    again = _load_fake(tmp_path)
+    assert capsys.readouterr().err.splitlines() == [
+        "nsa: data cache of cifar10/train is stale (1 file changed, 1 added, 1 removed); decoding again"]
+    assert not torch.equal(again.images, first.images)
+    assert again.labels.tolist() == [0] * 4 + [1] * 5 + [2] * 3
+    assert data.identity("cifar10", tmp_path) != before          # other data: other models
+    assert torch.equal(data.load("cifar10", "train", tmp_path).images, again.images)   # the new cache
+    assert capsys.readouterr().err == ""
+
+
+def test_identity_is_read_from_the_listing_without_decoding(tmp_path, monkeypatch):
+    _fake_image_folder(tmp_path, "png", ("train", "test"))
+    monkeypatch.setattr(data, "_decode", lambda path: pytest.fail("decoded"))
+    identity = data.identity("cifar10", tmp_path, download=False)
+    assert not (tmp_path / "cifar10" / ".nsa-cache").exists()   # and nothing written
+    assert identity == data.identity("cifar10", tmp_path, download=False)
+    with pytest.raises(data.DataMissing, match="nothing on disk"):
+        data.identity("cifar100", tmp_path, download=False)
+
+
+def test_train_and_test_must_name_the_same_classes(tmp_path):
+    _fake_image_folder(tmp_path, "png")
+    test = tmp_path / "cifar10" / "test"
+    for cls in ("airplane", "bird", "kitten"):
+        (test / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (1, 1, 1)).save(test / cls / "0.png")
+    for split in ("train", "test"):
+        with pytest.raises(data.DataError, match=r"differ \(only in train: cat; only in test: kitten\)"):
+            data.load("cifar10", split, tmp_path, download=False)
+    with pytest.raises(data.DataError, match="differ"):
+        data.identity("cifar10", tmp_path, download=False)
 
 
 def test_unwritable_cache_still_loads(tmp_path, monkeypatch):

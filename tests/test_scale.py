@@ -1,6 +1,7 @@
 """train-all: two local workers give the weights of one-at-a-time training bit for bit; a
 worker killed mid-way and the command run again finish the plan with the same weights; two
-trainings of one spec give one training and one wait; the sbatch script names the resources.
+trainings of one spec give one training and one wait; the sbatch script names the resources
+(one job array for several models).
 Smoke profile made smaller still, two models (notebook 03's): seconds of training per model;
 most of each test is the start of its processes."""
 import json
@@ -77,6 +78,7 @@ def test_two_local_workers_match_one_at_a_time_training(tmp_path, reference):
     assert run.stderr.count("thread(s)") == 2 and "worker 2/2, 1 thread(s)" in run.stderr
     assert run.stderr.count("] trained ") == 2
     assert "2 trained, 0 failed, 0 left out" in run.stdout
+    assert not any((tmp_path / ".jobs").iterdir()), "job folders are removed after a successful run"
     assert json.loads((RESULTS / "smoke" / "timings.json").read_text())["train-all"] > 0   # for REPORT.md
     for it in _items(tmp_path):
         assert it.state == plan.TRAINED
@@ -153,8 +155,11 @@ def test_sbatch_script_names_the_resources_and_the_command(tmp_path):
     lines = set(text.splitlines())
     for flag in ("--partition=gpu", "--account=lab", "--time=720", "--gpus-per-node=1", "--cpus-per-task=6",
                  "--ntasks-per-node=1", "--nodes=1", "--qos=high", "--exclusive", f"--job-name=nsa-{key}",
-                 "--signal=USR2@120"):
+                 "--signal=USR2@120", "--mem=32GB"):   # memory: the default profile resources'
         assert f"#SBATCH {flag}" in lines, (flag, text)
+    assert not any(line.startswith("#SBATCH --array") for line in lines)   # one model: one job
+    array = scale.sbatch_script(opts, tmp_path / "jobs", "nsa-smoke", 7).splitlines()
+    assert "#SBATCH --array=0-6%7" in array and f"#SBATCH --output={tmp_path}/jobs/%A_%a/%A_%a_0_log.out" in array
     assert "export OMP_NUM_THREADS=6" in lines and "module load cuda" in lines
     command = [line for line in text.splitlines() if "submitit.core._submit" in line]
     assert len(command) == 1 and command[0].startswith("srun ") and sys.executable in command[0]
