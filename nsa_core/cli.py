@@ -149,9 +149,11 @@ def cmd_train_all(args) -> int:
     absent = [it for it in items if it.state == NO_DATA]
     for dataset in sorted({it.spec.recipe.dataset for it in absent}):   # one line per data set
         left = [it for it in absent if it.spec.recipe.dataset == dataset]
-        print(f"nsa: {'left out' if todo else 'error: cannot train'} {len(left)} model(s) of {dataset}: "
-              f"{missing.get(dataset, left[0].note)}", file=sys.stderr)
-    if absent and not todo:   # nothing can be trained for want of data: no summary, no timings
+        print(f"nsa: {'error: cannot train' if len(absent) == len(items) else 'left out'} {len(left)} model(s) of "
+              f"{dataset}: {missing.get(dataset, left[0].note)}", file=sys.stderr)
+    # Nothing of the plan can be had for want of data: no summary, no timings. A plan missing
+    # only some data sets goes on (the notebooks say what they could not reproduce).
+    if absent and len(absent) == len(items):
         return 2
     print(f"nsa: {len(items)} models in the plan: {sum(it.state == TRAINED for it in items)} trained, "
           f"{len(todo)} to train, {len(absent)} without data", file=sys.stderr)
@@ -166,7 +168,7 @@ def cmd_train_all(args) -> int:
         if not args.wait:
             print(f"nsa: {len(jobs)} jobs submitted; `python -m nsa_core models` shows their progress",
                   file=sys.stderr)
-            return 2 if absent else 0
+            return 0
         try:
             outcomes = scale.wait_for(jobs)
         except KeyboardInterrupt:
@@ -181,17 +183,15 @@ def cmd_train_all(args) -> int:
                                      logs) if todo else []
         if any(o.state == scale.INTERRUPTED for o in outcomes):   # one line each said so already
             return 130
-        if all(o.ok for o in outcomes) and not absent:
+        if all(o.ok for o in outcomes):
             # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
             # when everything was cached, so that a rerun does not count an old training
-            # again; none for a run that failed or left models out
+            # again; none for a run that failed
             from .reproduce import TRAIN_ALL, save_timings
             save_timings(paths.results_dir() / profile.name, {TRAIN_ALL: time.time() - t0})
     for line in scale.summary(outcomes, absent):
         print(line)
-    if not all(o.ok for o in outcomes):
-        return 1
-    return 2 if absent else 0
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 RELATIVE = "a relative path is taken from the repository root in a checkout, else from the working directory"

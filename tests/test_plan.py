@@ -51,7 +51,8 @@ def test_states_in_the_cache(tmp_path):
     (finished / "manifest.json").write_text("{}")
     items = plan.build_plan("smoke", ["03"], tmp_path)
     assert items[0].state == plan.PARTIAL and items[0].epoch == 2 and items[0].describe() == "partial (2/3 epochs)"
-    assert items[1].state == plan.TRAINED and not items[1].needs_training
+    # a manifest alone is no trained model: listed damaged, and train-all trains it again
+    assert items[1].state == plan.DAMAGED and items[1].needs_training and "is not a manifest" in items[1].note
 
 
 def test_missing_data_is_named_not_trained(tmp_path):
