@@ -204,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Replication suite for 'Understanding and Exploring the "
                                             "Network with Stochastic Architectures' (NeurIPS 2020).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_commands(sub)
+    _plan_commands(sub)
+    return p
 
+
+def _run_commands(sub) -> None:
+    """train, reproduce, bench, profiles."""
     t = sub.add_parser("train", help="train or resume one model into the cache; prints its folder",
                        description="Train (or resume, or just find) one model of the model cache and print "
                                    "its folder. Values come from the profile; --set overrides any recipe "
@@ -241,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("name", nargs="?", default=None)
     pr.set_defaults(func=cmd_profiles)
 
+
+def _plan_commands(sub) -> None:
+    """models and train-all: the plan of the notebooks' models."""
     def plan_arguments(q: argparse.ArgumentParser) -> None:
         q.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
         q.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
@@ -282,7 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dry-run", action="store_true", help="slurm: print the job array's sbatch script, submit nothing")
     a.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print the summary")
     a.set_defaults(func=cmd_train_all)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

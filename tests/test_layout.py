@@ -38,8 +38,9 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_only_the_trainers_callers_import_the_trainer():
+    # the cache trains a missing model; train-all's worker (scale) tells the trainer how to answer signals
     importers = {p.stem for p in PACKAGE.glob("*.py") if "train" in _imports(p)}
-    assert importers <= {"cache", "cli"}, importers
+    assert importers <= {"cache", "cli", "scale"}, importers
 
 
 def test_no_function_over_80_lines():
