@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -75,6 +74,9 @@ def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
     saturated float32 softmax) into a bin of its own; `reliability` folds those into the top
     bin instead, so the two agree unless some confidence is exactly 1.0.
     """
+    # imported here: torchmetrics pulls in torchvision's models, seconds of every import of this module
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     probs, labels = _as_tensors(probs, labels)
     return multiclass_calibration_error(probs.float(), labels, num_classes=probs.shape[1],
                                         n_bins=n_bins, norm="l1").item()
