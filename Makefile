@@ -25,15 +25,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m ipykernel install --user --name nsa --display-name "Python (nsa)" >/dev/null
 	@touch $@
 
-# One pytest worker per core, one torch thread each, whole files to a worker (--dist loadfile):
+# One pytest worker per core, one torch thread each, whole files to a worker in collection order
+# (--dist loadfile --no-loadscope-reorder; conftest.py puts the longest file first):
 # the smoke run of every notebook (tests/test_notebooks.py) goes to one worker while the other
 # takes the unit tests.
 test: env
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 # The quick loop: everything but the tests marked slow (the smoke run of the whole suite).
 test-fast: env
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile -m "not slow" tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 # The plan first (every missing model, JOBS at a time), then the notebooks, which then only load.
 reproduce: env

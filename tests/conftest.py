@@ -31,3 +31,10 @@ def smoke_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     model, hist = cache.get_or_train(spec, root, device="cpu", progress=False)
     return spec, root, model, hist
+
+
+def pytest_collection_modifyitems(items):
+    """The smoke run of the whole suite (tests/test_notebooks.py) takes longest: it goes first,
+    so that under `make test` (xdist, whole files per worker, in this order) one worker runs it
+    while the other takes the unit tests."""
+    items.sort(key=lambda item: item.path.name != "test_notebooks.py")
