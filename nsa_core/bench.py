@@ -45,15 +45,15 @@ from . import data as D
 from . import runtime
 from .config import ModelSpec, Recipe
 from .kinds import draw_archs
-from .models import architectures as models_architectures, build
-from .network import NetConfig, WiredNet
+from .kinds import KINDS, build
+from .network import WiredNet
 from .paper import AUTHORS_CPU_IMG_S as REFERENCE
 from .step import optimizer, supervised_step
 
 WIDTH, NODES, BATCH, CLASSES, SPACE, T = 1.0, 8, 128, 10, 500, 5
-# "fixed" is a plain residual network (no learnable aggregation): the speed of an ordinary
-# network, which the stochastic ones are measured against.
-VARIANTS = {"fixed": ("fixed", 1), "nsa": ("nsa", SPACE), "nsa-i": ("nsa-i", SPACE), "nsa-id": ("nsa-id", SPACE)}
+# "fixed" is the registry's plain residual network (no learnable aggregation): the speed of
+# an ordinary network, which the stochastic ones are measured against.
+VARIANTS = {"fixed": ("residual", 1), "nsa": ("nsa", SPACE), "nsa-i": ("nsa-i", SPACE), "nsa-id": ("nsa-id", SPACE)}
 # throughput and peak step memory of each variant against the fixed net's
 TARGET_VS_FIXED = {"nsa-i": 0.97, "nsa-id": 0.9}
 TARGET_MEMORY = {"nsa-i": 1.1, "nsa-id": 1.2}
@@ -63,24 +63,23 @@ WARMUP = 2
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def bench_model(kind: str, space: int, width: float = WIDTH, nodes: int = NODES, aux: bool = False) -> tuple[WiredNet, str]:
-    """A fresh network of `kind` ('fixed': the plain residual network) and its sampling rule."""
+def bench_model(kind: str, space: int, width: float = WIDTH, nodes: int = NODES, aux: bool = False,
+                fast: bool = True) -> tuple[WiredNet, str]:
+    """A fresh network of `kind` (a registry kind) and its sampling rule."""
     recipe = Recipe(width=width, nodes=nodes, aux_weight=0.1 if aux else 0.0)
-    if kind == "fixed":
-        spec = ModelSpec(kind="wrn", recipe=recipe)
-        return WiredNet(models_architectures(spec), NetConfig(width=width, nodes=nodes, classes=CLASSES, aux=aux)), "fixed"
     spec = ModelSpec(kind=kind, recipe=recipe, space=space)
-    return build(spec, CLASSES), spec.sampling
+    return build(spec, CLASSES, fast=fast), KINDS[kind].sampling
 
 
 def trainer(kind: str, space: int, device: torch.device, width: float = WIDTH, nodes: int = NODES,
-            aux: bool = False, bf16: bool | None = None, seed: int = 0) -> tuple[torch.nn.Module, Step]:
-    """A model prepared as the trainer prepares it (channels_last, $NSA_COMPILE) and the
-    trainer's own step (`step.supervised_step`): architectures drawn as the kind samples
-    them, bf16 autocast (default: on CUDA, as in training)."""
+            aux: bool = False, bf16: bool | None = None, seed: int = 0,
+            settings: runtime.Settings = runtime.Settings()) -> tuple[torch.nn.Module, Step]:
+    """A model prepared as the trainer prepares it (stage path, channels_last, compile: the
+    settings) and the trainer's own step (`step.supervised_step`): architectures drawn as
+    the kind samples them, bf16 autocast (default: on CUDA, as in training)."""
     torch.manual_seed(seed)
-    model, sampling = bench_model(kind, space, width, nodes, aux)
-    model = runtime.compile_nodes(model.to(device).to(memory_format=torch.channels_last), device).train()
+    model, sampling = bench_model(kind, space, width, nodes, aux, fast=settings.fast_stage(device))
+    model = runtime.compile_nodes(model.to(device).to(memory_format=torch.channels_last), device, settings).train()
     opt = optimizer(model, Recipe())
     gen = torch.Generator().manual_seed(seed)
     bf16 = device.type == "cuda" if bf16 is None else bf16
@@ -154,9 +153,10 @@ def memory_child(variant: str, steps: int = 6) -> None:
     the peak-RSS growth (MiB) over its first training step and the page faults of its last
     step, once the heap has settled."""
     import resource
-    runtime.keep_freed_memory()
+    settings = runtime.Settings.from_env()   # a process of its own: an entry point
+    runtime.keep_freed_memory(settings)
     kind, space = VARIANTS[variant]
-    _, step = trainer(kind, space, torch.device("cpu"))
+    _, step = trainer(kind, space, torch.device("cpu"), settings=settings)
     x, y = random_batch(BATCH, torch.device("cpu"))
     before = _peak_rss_kib()
     step(x, y)
@@ -192,19 +192,20 @@ def main(args) -> int:
         raise ValueError(f"--steps must be at least 3 for a median with a spread, got {args.steps}")
     t_start = time.time()
     device = torch.device("cpu")
-    runtime.keep_freed_memory()   # as the trainer does
+    settings = args.settings
+    runtime.keep_freed_memory(settings)   # as the trainer's entry points do
     threads = torch.get_num_threads()
     print(f"nsa bench: CPU, {threads} threads, width {WIDTH:g}, {NODES} nodes, batch {BATCH}, "
           f"S = {SPACE}; {WARMUP} warm-up + {args.steps} timed steps per variant, round-robin, medians; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     models, steps = {}, {}
     for name, (kind, space) in VARIANTS.items():
-        models[name], steps[name] = trainer(kind, space, device)
+        models[name], steps[name] = trainer(kind, space, device, settings=settings)
     bf16 = runtime.native_bf16()   # emulated bf16 is slower than fp32: measured only where native
     print(f"bf16 autocast: {'measured too (native bf16 on this CPU)' if bf16 else 'not measured (no native bf16 on this CPU)'}")
     if bf16:
         for name, (kind, space) in VARIANTS.items():
-            steps[f"{name}-bf16"] = trainer(kind, space, device, bf16=True)[1]
+            steps[f"{name}-bf16"] = trainer(kind, space, device, bf16=True, settings=settings)[1]
     x, y = random_batch(BATCH, device)
     wall, cpu = round_robin(steps, x, y, args.steps)
     table = profile_table(steps["nsa-i"], x, y)
@@ -283,16 +284,17 @@ def gpu_main(out: str | Path = "results/bench/gpu.csv") -> int:
     pool = torch.randint(0, 256, (20 * batch, 3, 32, 32), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(CLASSES, (len(pool),), generator=torch.Generator().manual_seed(1)).to(device)
-    compiled = os.environ.get("NSA_COMPILE", "1" if cuda else "0")
+    settings = runtime.Settings.from_env()   # gpu_check.sh's entry point
+    compiled = int(settings.compiles(device))
     print(f"nsa gpu bench: {torch.cuda.get_device_name() if cuda else 'CPU (tiny check)'}, width {width:g}, "
-          f"{NODES} nodes, batch {batch}, aux head, bf16 autocast, channels_last, NSA_COMPILE={compiled}", flush=True)
+          f"{NODES} nodes, batch {batch}, aux head, bf16 autocast, channels_last, NSA_STAGE={settings.stage}, compiled {bool(compiled)}", flush=True)
     rows = []
     for name, kind, space in (("wrn-28-10-fixed", "wrn", 1), ("nsa-id-S5", "nsa-id", 5)):
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         # the tiny check runs bf16 autocast on the CPU too, for the same dtype paths
-        model, step = trainer(kind, space, device, width=width, aux=True, bf16=True)
+        model, step = trainer(kind, space, device, width=width, aux=True, bf16=True, settings=settings)
         aug = torch.Generator(device=device).manual_seed(3)
         order = torch.Generator(device=device).manual_seed(4)
 

@@ -30,7 +30,7 @@ from . import data as D
 from . import paths, runtime
 from .checkpoint import MANIFEST, MODEL_FILES, damage
 from .config import ModelSpec
-from .models import build
+from .kinds import build
 from .network import WiredNet
 from .train import StopSignals, train
 
@@ -139,13 +139,14 @@ class Obtained:
     model: WiredNet
     history: pd.DataFrame
     how: str    # "loaded" (finished before), "waited" (finished by another process this one waited for), "trained"
+    folder: Path
 
 
 def obtain(spec: ModelSpec, root: Path | str | None = None, data_dir=None, device=None, progress: bool = True,
-           signals: StopSignals | None = None) -> Obtained:
+           signals: StopSignals | None = None, settings: runtime.Settings = runtime.Settings()) -> Obtained:
     """Load a finished model, resume an unfinished one, or train a missing one, and say which.
     `signals`: how the trainer answers signals (train.StopSignals; default SIGINT and SIGTERM
-    stop it)."""
+    stop it); `settings`: how this machine runs the network (runtime.Settings)."""
     dev = runtime.device(device)   # a device that does not exist is the user's error, never a retrain
     r = spec.recipe
     identity = D.identity(r.dataset, data_dir, r.synthetic_size)
@@ -158,13 +159,14 @@ def obtain(spec: ModelSpec, root: Path | str | None = None, data_dir=None, devic
             found = None
         if found is not None:
             model, hist = found
-            return Obtained(model.to(dev).eval(), hist, "waited" if waited else "loaded")
-        model, hist = train(spec, folder, data_dir, device, progress, signals=signals)
-        return Obtained(model, hist, "trained")
+            model.use_fast(settings.fast_stage(dev))
+            return Obtained(model.to(dev).eval(), hist, "waited" if waited else "loaded", folder)
+        model, hist = train(spec, folder, data_dir, device, progress, signals=signals, settings=settings)
+        return Obtained(model, hist, "trained", folder)
 
 
 def get_or_train(spec: ModelSpec, root: Path | str | None = None, data_dir=None, device=None,
-                 progress: bool = True) -> tuple[WiredNet, pd.DataFrame]:
+                 progress: bool = True, settings: runtime.Settings = runtime.Settings()) -> tuple[WiredNet, pd.DataFrame]:
     """Load a finished model, resume an unfinished one, or train a missing one."""
-    got = obtain(spec, root, data_dir, device, progress)
+    got = obtain(spec, root, data_dir, device, progress, settings=settings)
     return got.model, got.history

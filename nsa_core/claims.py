@@ -1,24 +1,42 @@
-"""Claims with their uncertainty: the bootstrap, the verdict rules, their thresholds, the
-convergence criterion, and how a table of claims is rendered.
+"""Claims with their uncertainty: the bootstrap, the verdict rules and their thresholds, the
+training gate (convergence, matched budgets), and how a table of claims is rendered.
 
-Every reproduced number that decides a verdict carries a 95 % percentile-bootstrap interval.
+Intervals. Every reproduced number that decides a verdict carries a 95 % bootstrap interval.
 Resampled are the units the number is an average over: test images (an accuracy, an ECE, an
 AUC over images), architectures (a mean, a spread or a rank correlation over architectures),
-or both samples independently when two groups are compared (seen vs unseen architectures,
-in- vs out-of-distribution images). An ordering between two models on the same test images is
-tested *paired*: each resample draws one set of images and scores both models on it, so the
-interval is that of the difference.
+or both samples independently when two groups are compared (seen vs unseen architectures, in-
+vs out-of-distribution images). An ordering of two models on the same test images is tested
+*paired*: each resample scores both on the same images. The interval is the percentile
+interval, which holds the plug-in estimate whenever the statistic's bias is small beside its
+spread. Where it is not (the ECE of a well calibrated model: the resamples' ECEs all lie above
+the plug-in one), the estimate reported is the bias-corrected one, 2 x plug-in - median of the
+resamples, with the basic interval [2 x plug-in - q97.5, 2 x plug-in - q2.5], which holds it
+by construction; the text then says "bias-corrected" and gives the plug-in value.
 
-A claim's verdict follows from the interval of a difference oriented so that positive is the
-paper's direction: it *holds* when the interval lies above zero, *does not hold* when it lies
-below, and is *inconclusive* when it contains zero. A claim about trained models (absolute
-levels, Sec. 5's orderings) is *not comparable at this profile* unless the compared models are
-trained to convergence (`convergence`).
+Verdicts, on the interval of a number oriented so that positive is the paper's direction:
+- an ordering (`verdict`): *holds* above zero, *does not hold* below, else *inconclusive*;
+- a tolerance (`equivalence`: |x| < tol, `below`: x < limit): *holds* when the interval lies
+  inside, *does not hold* when it lies wholly outside, *underpowered* when its half-width
+  exceeds the tolerance (no run of this size could show it), else *inconclusive*;
+- *not comparable at this profile*: absolute levels away from the paper's scale, and claims
+  whose training gate is shut (`gate`).
+
+The training gate, for every claim that compares or quotes trained models. A model has
+*converged* when the change of its test accuracy over the last fifth of training (the slope
+of its test curve there, times a fifth, with a bootstrap interval over the curve's points)
+lies within +-CONVERGED_CHANGE. Sec. 5's claims rank methods by their final numbers, and
+methods learn at different speeds (shared weights over S architectures, per-architecture
+parameters, stand-alone networks), so they are judged only when every compared model
+converged ("converged"). The claims of Secs. 3-4 compare models of one training procedure
+(NSA against NSA-i differ only in their sampling rule; BN modes, seen and unseen architectures
+are one model evaluated two ways), as the paper's own training curves do along training:
+they are judged at matched budgets (the same steps of the same batch) and say whether the
+models converged ("matched").
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -29,8 +47,9 @@ from . import metrics
 HOLDS = "holds"
 FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive"
+UNDERPOWERED = "underpowered"
 NOT_COMPARABLE = "not comparable at this profile"
-VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_COMPARABLE)
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, UNDERPOWERED, NOT_COMPARABLE)
 
 PAPER_CLAIM = "paper claim"
 BEYOND = "beyond the paper"
@@ -40,11 +59,15 @@ PLURAL = {PAPER_CLAIM: "paper claims", BEYOND: "claims beyond the paper", SANITY
 
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
+# Intervals drawn in figures: fewer resamples than a verdict's, since a figure draws many of
+# them (one per curve point or bar) and only shows their width.
+PLOT_RESAMPLES = 200
 
 # ---------------------------------------------------------------- verdict thresholds
-# Training has converged when the training loss over the last tenth of training (at least
-# the last logged epoch) changed by less than this fraction.
-CONVERGED_REL_CHANGE = 0.05
+# Converged: test accuracy changes by less than this over the last fifth of training, judged
+# on at least MIN_CURVE_POINTS evaluations there.
+CONVERGED_CHANGE = 0.01
+LAST_PART = 0.2
 # A test curve's instability is the standard deviation of its last tenth of points; fewer
 # points than this say nothing about it.
 MIN_CURVE_POINTS = 5
@@ -66,24 +89,60 @@ SEMI_TOL_PP = 1.0
 
 @dataclass(frozen=True)
 class Estimate:
-    """A number and its bootstrap interval."""
+    """A number and its bootstrap interval, low <= value <= high. `plug_in` is set when the
+    value is the bias-corrected estimate, the statistic of the sample itself differing."""
     value: float
     low: float
     high: float
     n_resamples: int = N_RESAMPLES
+    plug_in: float | None = None
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
 
     def fmt(self, digits: int = 3, scale: float = 1.0) -> str:
         v, lo, hi = (scale * x for x in (self.value, self.low, self.high))
-        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        text = f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        if self.plug_in is not None:
+            text += f" (bias-corrected; plug-in {scale * self.plug_in:.{digits}f})"
+        return text
 
     def __str__(self) -> str:
         return self.fmt()
 
-    def __neg__(self) -> "Estimate":
-        return Estimate(-self.value, -self.high, -self.low, self.n_resamples)
+    def shifted(self, by: float) -> "Estimate":
+        """The same estimate of x + by."""
+        plug = None if self.plug_in is None else self.plug_in + by
+        return replace(self, value=self.value + by, low=self.low + by, high=self.high + by, plug_in=plug)
 
     def __rsub__(self, other: float) -> "Estimate":
-        return Estimate(other - self.value, other - self.high, other - self.low, self.n_resamples)
+        """other - x: a level minus the estimate."""
+        return (-self).shifted(other)
+
+    def __neg__(self) -> "Estimate":
+        plug = None if self.plug_in is None else -self.plug_in
+        return replace(self, value=-self.value, low=-self.high, high=-self.low, plug_in=plug)
+
+
+def interval(value: float, stats: np.ndarray, n_resamples: int, confidence: float = CONFIDENCE,
+             bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
+    """The Estimate of a statistic from its value on the sample and on the resamples (NaN
+    resamples left out), as the module docstring says: the percentile interval, or, where it
+    misses the plug-in value, the bias-corrected estimate and the basic interval; within the
+    statistic's `bounds`."""
+    stats = np.asarray(stats, float)
+    stats = stats[np.isfinite(stats)]
+    if not len(stats) or not np.isfinite(value):
+        return Estimate(value, np.nan, np.nan, n_resamples)
+    alpha = 100 * (1 - confidence) / 2
+    low, high = np.percentile(stats, [alpha, 100 - alpha])
+    if low <= value <= high:
+        return Estimate(value, float(low), float(high), n_resamples)
+    lo, hi = bounds
+    corrected = float(np.clip(2 * value - np.median(stats), lo, hi))
+    return Estimate(corrected, float(np.clip(2 * value - high, lo, hi)), float(np.clip(2 * value - low, lo, hi)),
+                    n_resamples, plug_in=value)
 
 
 def proportion(p: float, n: int, seed: int = 0, n_resamples: int = N_RESAMPLES,
@@ -91,19 +150,7 @@ def proportion(p: float, n: int, seed: int = 0, n_resamples: int = N_RESAMPLES,
     """An accuracy p on n test images known only as a number: resampling n 0/1 outcomes is
     a binomial draw, so its bootstrap needs no per-image record."""
     draws = np.random.default_rng(seed).binomial(n, p, n_resamples) / n
-    alpha = 100 * (1 - confidence) / 2
-    low, high = np.percentile(draws, [alpha, 100 - alpha])
-    return Estimate(float(p), float(low), float(high), n_resamples)
-
-
-def within(estimate: Estimate, target: float, tolerance: float) -> Estimate:
-    """tolerance - |estimate - target| with its interval: positive when the estimate lies
-    within `tolerance` of the paper's `target` (a level claim)."""
-    lo, hi = estimate.low - target, estimate.high - target
-    far = max(abs(lo), abs(hi))
-    near = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
-    return Estimate(tolerance - abs(estimate.value - target), tolerance - far, tolerance - near,
-                    estimate.n_resamples)
+    return interval(float(p), draws, n_resamples, confidence, bounds=(0.0, 1.0))
 
 
 def resample(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -117,8 +164,8 @@ _CHUNK_ENTRIES = 4_000_000
 
 
 def bootstrap(statistic: Callable[..., np.ndarray], *sizes: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
-              confidence: float = CONFIDENCE) -> Estimate:
-    """`statistic` of the full samples and its percentile interval: each of the samples (of
+              confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
+    """`statistic` of the full samples and its interval (`interval`): each of the samples (of
     `sizes`) is resampled with replacement, independently, `n_resamples` times.
 
     The statistic is vectorised: it takes one index array per sample, of shape [..., n_k],
@@ -134,30 +181,20 @@ def bootstrap(statistic: Callable[..., np.ndarray], *sizes: int, n_resamples: in
     stats = np.concatenate([np.broadcast_to(np.asarray(statistic(*(d[r:r + rows] for d in draws)), float),
                                             (min(rows, n_resamples - r),))
                             for r in range(0, n_resamples, rows)])
-    stats = stats[np.isfinite(stats)]
-    if not len(stats):
-        return Estimate(value, np.nan, np.nan, n_resamples)
-    alpha = 100 * (1 - confidence) / 2
-    low, high = np.percentile(stats, [alpha, 100 - alpha])
-    return Estimate(value, float(low), float(high), n_resamples)
+    return interval(value, stats, n_resamples, confidence, bounds)
 
 
-# Intervals drawn in figures: fewer resamples than a verdict's, since a figure draws many of
-# them (one per curve point or bar) and only shows their width.
-PLOT_RESAMPLES = 200
-
-
-def draw_intervals(ax, at, low, high, horizontal: bool = False, **style) -> None:
-    """Whiskers spanning each interval [low, high] at positions `at`. They are drawn about the
-    interval's middle, not the point estimate: the percentile interval of a biased statistic
-    (ECE, Spearman, AUC) can lie beside the estimate, which whiskers measured from the
-    estimate would misdraw (and matplotlib refuses as negative)."""
-    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
-    mid, half = (low + high) / 2, (high - low) / 2
+def draw_intervals(ax, at, estimates: Iterable[Estimate], horizontal: bool = False, scale: float = 1.0,
+                   **style) -> None:
+    """Each estimate's interval as whiskers from its value at positions `at` (every interval
+    holds its value, `interval`)."""
+    est = list(estimates)
+    v = scale * np.array([e.value for e in est], float)
+    err = scale * np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]], float)
     if horizontal:
-        ax.errorbar(mid, at, xerr=half, fmt="none", **style)
+        ax.errorbar(v, at, xerr=err, fmt="none", **style)
     else:
-        ax.errorbar(at, mid, yerr=half, fmt="none", **style)
+        ax.errorbar(at, v, yerr=err, fmt="none", **style)
 
 
 def mean_bands(values, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
@@ -208,12 +245,14 @@ def metric_rows(metric: str, preds, labels: torch.Tensor, n_bins: int = 15) -> C
 def metric_estimate(metric: str, preds, labels: torch.Tensor, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
                     n_bins: int = 15) -> Estimate:
     """A metric (one of METRICS) of `preds` over resampled test images (metric_rows)."""
-    return bootstrap(metric_rows(metric, preds, labels, n_bins), len(labels), n_resamples=n_resamples, seed=seed)
+    bounds = (0.0, np.inf) if metric in ("nll", "brier") else (0.0, 1.0)
+    return bootstrap(metric_rows(metric, preds, labels, n_bins), len(labels), n_resamples=n_resamples, seed=seed,
+                     bounds=bounds)
 
 
 def verdict(difference: Estimate, comparable: bool = True) -> str:
-    """The verdict from the interval of a difference oriented so that positive is the paper's
-    direction."""
+    """An ordering: the verdict from the interval of a difference oriented so that positive
+    is the paper's direction."""
     if not comparable:
         return NOT_COMPARABLE
     if difference.low > 0:
@@ -223,16 +262,45 @@ def verdict(difference: Estimate, comparable: bool = True) -> str:
     return INCONCLUSIVE
 
 
+def equivalence(difference: Estimate, tolerance: float, comparable: bool = True) -> str:
+    """A tolerance, |x| < tolerance for the estimate x of a difference from a target (a level,
+    an AUC against 0.5): holds when the interval lies inside (-tolerance, tolerance), does not
+    hold when it lies wholly outside, is underpowered when it is wider than the tolerance
+    allows (half-width above it), and inconclusive otherwise."""
+    if not comparable:
+        return NOT_COMPARABLE
+    if -tolerance < difference.low and difference.high < tolerance:
+        return HOLDS
+    if difference.low > tolerance or difference.high < -tolerance:
+        return FAILS
+    return UNDERPOWERED if difference.half_width > tolerance else INCONCLUSIVE
+
+
+def below(estimate: Estimate, limit: float, comparable: bool = True) -> str:
+    """A one-sided tolerance, x < limit (a small gain): holds when the interval lies below the
+    limit, does not hold when above it; underpowered when its half-width exceeds the limit."""
+    if not comparable:
+        return NOT_COMPARABLE
+    if estimate.high < limit:
+        return HOLDS
+    if estimate.low > limit:
+        return FAILS
+    return UNDERPOWERED if estimate.half_width > limit else INCONCLUSIVE
+
+
 def all_of(verdicts: Iterable[str]) -> str:
     """A claim made "at every S" (or for every attack): it does not hold if any part does not,
-    holds if every comparable part holds, and is inconclusive otherwise."""
+    holds if every comparable part holds; otherwise underpowered if any part is, else
+    inconclusive."""
     verdicts = list(verdicts)
     comparable = [v for v in verdicts if v != NOT_COMPARABLE]
     if not comparable:
         return NOT_COMPARABLE
     if FAILS in comparable:
         return FAILS
-    return HOLDS if all(v == HOLDS for v in comparable) else INCONCLUSIVE
+    if all(v == HOLDS for v in comparable):
+        return HOLDS
+    return UNDERPOWERED if UNDERPOWERED in comparable else INCONCLUSIVE
 
 
 # ------------------------------------------------------------- statistics with intervals
@@ -286,7 +354,27 @@ def auc_estimate(negatives, positives, seed: int = 0, n_resamples: int = N_RESAM
     """ROC AUC of positives vs negatives (metrics.auc), both samples resampled."""
     neg, pos = np.asarray(negatives, float), np.asarray(positives, float)
     return bootstrap(lambda i, j: metrics.auc_rows(neg[i], pos[j]), len(neg), len(pos), seed=seed,
-                     n_resamples=n_resamples)
+                     n_resamples=n_resamples, bounds=(0.0, 1.0))
+
+
+def falls(xs, groups: list[tuple], statistic: Callable[..., np.ndarray], seed: int = 0) -> Estimate:
+    """A trend over every x, not its endpoints: -Kendall's tau between `xs` and
+    statistic(*group) over the groups (one per x, each a tuple of samples), every sample of
+    every group resampled on its own. Positive when the statistic falls as x grows; `statistic`
+    reduces the last axis of its samples."""
+    flat = [np.asarray(a, float) for g in groups for a in g]
+    widths = [len(g) for g in groups]
+    x = np.asarray(xs, float)
+
+    def stat(*idx: np.ndarray) -> np.ndarray:
+        values, k = [], 0
+        for w in widths:
+            values.append(statistic(*(flat[k + j][idx[k + j]] for j in range(w))))
+            k += w
+        v = np.stack(np.broadcast_arrays(*values), -1)
+        return -metrics.kendall_rows(np.broadcast_to(x, v.shape), v)
+
+    return bootstrap(stat, *map(len, flat), seed=seed, bounds=(-1.0, 1.0))
 
 
 def metric_difference(metric: str, a, b, labels: torch.Tensor, seed: int = 0, n_bins: int = 15) -> Estimate:
@@ -297,26 +385,65 @@ def metric_difference(metric: str, a, b, labels: torch.Tensor, seed: int = 0, n_
     return bootstrap(lambda i: ra(i) - rb(i), len(labels), seed=seed)
 
 
-# ---------------------------------------------------------------------- convergence
+# ---------------------------------------------------------------------- the training gate
 
-def loss_change(history: pd.DataFrame, column: str = "train_loss") -> float:
-    """Relative change of the training loss over the last tenth of training, at least over
-    the last logged epoch (a longer window than a tenth only makes the check stricter)."""
-    loss = history[column].to_numpy(float)
-    if len(loss) < 2:
-        return float("nan")
-    k = max(1, round(len(loss) / 10))
-    before, last = loss[-1 - k], loss[-1]
-    return abs(last - before) / abs(before) if before else float("nan")
+def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of y on x along the last axis (NaN where x is constant)."""
+    x, y = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(-1) / (x * x).sum(-1)
 
 
-def convergence(histories: Mapping[str, pd.DataFrame], column: str = "train_loss") -> tuple[bool, str]:
-    """(whether every model converged, a sentence saying by how much each loss still moved)."""
-    changes = {name: loss_change(h, column) for name, h in histories.items()}
-    ok = all(np.isfinite(c) and c < CONVERGED_REL_CHANGE for c in changes.values())
-    said = ", ".join(f"{name} {100 * c:.1f} %" for name, c in changes.items())
-    return ok, (f"training loss over the last tenth of training (at least the last epoch) changed by {said}; "
-                f"converged means below {100 * CONVERGED_REL_CHANGE:g} % for every compared model")
+def late_change(curve: pd.DataFrame, seed: int = 0) -> Estimate | None:
+    """How much the test accuracy still changes over the last fifth of training: the slope of
+    the test curve (curve.csv: step, test_acc) over its points in the last fifth of the steps,
+    times a fifth of the run, bootstrap over those points. None with fewer than
+    MIN_CURVE_POINTS points there."""
+    steps = curve.step.to_numpy(float)
+    last = curve[steps >= (1 - LAST_PART) * steps.max()]
+    if len(last) < MIN_CURVE_POINTS:
+        return None
+    x, y = last.step.to_numpy(float) / steps.max(), last.test_acc.to_numpy(float)
+    return bootstrap(lambda i: LAST_PART * _slope(x[i], y[i]), len(x), seed=seed)
+
+
+def converged(curve: pd.DataFrame, seed: int = 0) -> tuple[bool, str]:
+    """(whether the model converged, what its curve says): its late change lies within
+    +-CONVERGED_CHANGE. A model in the cache has finished its schedule."""
+    change = late_change(curve, seed)
+    if change is None:
+        return False, f"too few test evaluations there (fewer than {MIN_CURVE_POINTS})"
+    ok = -CONVERGED_CHANGE < change.low and change.high < CONVERGED_CHANGE
+    return ok, f"{change} ({'converged' if ok else 'not converged'})"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether the claims on some trained models may be judged, and the sentence that says why."""
+    comparable: bool
+    text: str
+
+
+def gate(curves: Mapping[str, pd.DataFrame], batches: Mapping[str, int], rule: str, seed: int = 0) -> Gate:
+    """The training gate of a claim on the models named in `curves` (their test curves) and
+    `batches` (images per step): rule "converged" (Sec. 5) or "matched" (Secs. 3-4), as the
+    module docstring says."""
+    if rule not in ("converged", "matched"):
+        raise ValueError(f"rule must be 'converged' or 'matched', got {rule!r}")
+    states = {name: converged(c, seed) for name, c in curves.items()}
+    texts = {text for _, text in states.values()}
+    said = f"every model: {texts.pop()}" if len(texts) == 1 and len(states) > 1 else \
+        "; ".join(f"{name}: {text}" for name, (_, text) in states.items())
+    change = (f"test accuracy's change over the last fifth of training (converged: within "
+              f"+-{CONVERGED_CHANGE}) {said}")
+    if rule == "converged":
+        ok = all(c for c, _ in states.values())
+        return Gate(ok, f"judged only when every compared model converged; {change}")
+    budgets = {(int(c.step.max()), batches[name]) for name, c in curves.items()}
+    if len(budgets) > 1:
+        return Gate(False, f"the compared models were trained with different budgets; {change}")
+    steps, batch = budgets.pop()
+    return Gate(True, f"judged at matched budgets ({steps} steps of {batch} images each); {change}")
 
 
 def curve_instability(history: pd.DataFrame, column: str = "test_acc") -> np.ndarray:
@@ -331,24 +458,29 @@ def curve_instability(history: pd.DataFrame, column: str = "test_acc") -> np.nda
 
 def tally(claims: pd.DataFrame) -> pd.DataFrame:
     """Verdict counts per kind of claim: rows CLAIM_KINDS (those present), columns VERDICTS."""
-    kinds = claims["kind"] if "kind" in claims else pd.Series(PAPER_CLAIM, index=claims.index)
-    counts = pd.crosstab(kinds, claims["verdict"])
+    counts = pd.crosstab(claims["kind"], claims["verdict"])
     return counts.reindex(index=[k for k in CLAIM_KINDS if k in counts.index], columns=list(VERDICTS), fill_value=0)
 
 
 def tally_sentence(claims: pd.DataFrame) -> str:
-    t = tally(claims)
+    """'N paper claims: a hold, b do not hold, ...; M sanity checks: ...'."""
     parts = []
-    for kind, row in t.iterrows():
+    for kind, row in tally(claims).iterrows():
         parts.append(f"{row.sum()} {PLURAL[kind] if row.sum() != 1 else kind}: {row[HOLDS]} hold, {row[FAILS]} do not "
-                     f"hold, {row[INCONCLUSIVE]} inconclusive, {row[NOT_COMPARABLE]} not comparable")
+                     f"hold, {row[INCONCLUSIVE]} inconclusive, {row[UNDERPOWERED]} underpowered, "
+                     f"{row[NOT_COMPARABLE]} not comparable")
     return "; ".join(parts) if parts else "no claims"
 
 
-def markdown_table(claims: pd.DataFrame, columns: Iterable[str] | None = None) -> str:
-    """The claims as a markdown table, every cell in full (pipes escaped)."""
-    cols = list(columns or claims.columns)
+def markdown_table(rows: pd.DataFrame | list[list], columns: Iterable[str] | None = None) -> str:
+    """A markdown table, every cell in full on one line (pipes escaped): a DataFrame's
+    `columns` (default all), or rows of values under the header `columns`."""
+    if isinstance(rows, pd.DataFrame):
+        cols = list(columns or rows.columns)
+        rows = rows[cols].values.tolist()
+    else:
+        cols = list(columns)
     cell = lambda v: " ".join(str(v).split()).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in claims[cols].itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

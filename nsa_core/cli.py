@@ -35,7 +35,7 @@ def _spec_from_args(args) -> ModelSpec:
         sets["space"] = 500
     if args.seed is not None:
         sets["seed"] = args.seed
-    spec = get_profile(args.profile).spec(args.kind, semi=semi, **sets)
+    spec = get_profile(args.profile).spec(args.kind, args.recipe, semi=semi, **sets)
     if spec.recipe.dataset not in D.DATASETS:
         raise ValueError(f"unknown data set {spec.recipe.dataset!r}; choose one of {', '.join(D.DATASETS)}")
     return spec
@@ -45,7 +45,8 @@ def cmd_train(args) -> int:
     from .cache import get_or_train, model_dir
     spec = _spec_from_args(args)
     folder = model_dir(spec, args.models_dir, args.data_dir)
-    model, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True)
+    model, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True,
+                               settings=args.settings)
     last = hist.iloc[-1]
     print(f"test accuracy {last.test_acc:.4f} (BN test mode, {spec.sampling} architectures) "
           f"after {int(last.epoch)} epochs, {hist.seconds.sum():.0f} s of training", file=sys.stderr)
@@ -63,7 +64,9 @@ def cmd_profiles(args) -> int:
             continue
         print(f"[{name}]")
         profile = get_profile(name)
-        sections = {"train": "the supervised recipe", "semi": "the semi-supervised recipe",
+        sections = {"understand": "the recipe of Secs. 3-4: the tour and notebooks 01-04",
+                    "explore": "the recipe of Sec. 5's supervised models: notebooks 05-07, 09",
+                    "semi": "the semi-supervised recipe: notebook 08",
                     "slurm": "one model's SLURM job: train-all --executor slurm"}
         for k, v in [*profile.as_dict().items(), ("slurm", asdict(profile.slurm))]:
             if isinstance(v, dict):
@@ -78,7 +81,7 @@ def cmd_profiles(args) -> int:
 def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
     return reproduce(args.profile, data_dir=args.data_dir, notebooks=args.notebooks,
-                     report=not args.no_report, sets=parse_sets(args.set))
+                     report=not args.no_report, sets=parse_sets(args.set), settings=args.settings)
 
 
 def cmd_bench(args) -> int:
@@ -217,6 +220,9 @@ def _run_commands(sub) -> None:
                                    "or model-spec key.")
     t.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS)}")
     t.add_argument("--space", type=int, default=None, help="S, the training space size (default 500; fixed nets: 1)")
+    t.add_argument("--recipe", choices=("understand", "explore"), default="understand",
+                   help="the profile's recipe: understand (Secs. 3-4, default) or explore (Sec. 5); "
+                        "--set semi=... takes the semi-supervised one")
     t.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
     t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     t.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
@@ -295,7 +301,15 @@ def _plan_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runtime.keep_freed_memory()
+    # the environment is read here, once: the library below takes what it needs as arguments
+    if getattr(args, "profile", "") is None:
+        args.profile = os.environ.get("NSA_PROFILE") or "tiny"
+    try:
+        args.settings = runtime.Settings.from_env()
+    except ValueError as e:
+        print(f"nsa: error: {e}", file=sys.stderr)
+        return 2
+    runtime.keep_freed_memory(args.settings)
     try:
         return args.func(args)
     except (KeyError, D.DataMissing) as e:

@@ -101,21 +101,14 @@ class ModelSpec:
             raise ValueError(f"unknown semi-supervised mode {self.semi!r}; choose one of {', '.join(SEMI_MODES)}")
         if self.space < 1:
             raise ValueError(f"space must be positive, got {self.space}")
-        if KINDS[self.kind].fixed and self.kind != "single" and self.space != 1:
+        if KINDS[self.kind].wiring == "residual" and self.space != 1:
             raise ValueError(f"kind {self.kind!r} has a fixed wiring: space must be 1, got {self.space}")
-        if self.kind == "single" and not 0 <= self.arch_index < self.space:
+        if KINDS[self.kind].wiring == "one" and not 0 <= self.arch_index < self.space:
             raise ValueError(f"arch_index {self.arch_index} is outside the space of {self.space}")
 
     @property
     def sampling(self) -> str:
         return KINDS[self.kind].sampling
-
-    def with_(self, **values: Any) -> "ModelSpec":
-        """A copy with `values` applied: ModelSpec fields by name, anything else to the recipe
-        (typed like `override`)."""
-        own = {f.name for f in fields(self)} - {"recipe"}
-        recipe = override(self.recipe, {k: v for k, v in values.items() if k not in own})
-        return override(replace(self, recipe=recipe), {k: v for k, v in values.items() if k in own})
 
     def identity(self) -> dict[str, Any]:
         """What names the model: every field that changes its weights."""
@@ -153,11 +146,11 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def override(obj: Any, values: dict[str, Any]) -> Any:
+def override(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
     """A copy of the dataclass `obj` with `values` applied, each converted to its field's
     declared type (strings as they come from `--set` or papermill). A dotted key
     'part.name' reaches into a nested dataclass field. Unknown keys and values of the wrong
-    type raise ValueError naming the key."""
+    type raise ValueError naming the key as given (`prefix`: the dotted path to `obj`)."""
     if not values:
         return obj
     hints = typing.get_type_hints(type(obj))
@@ -167,13 +160,13 @@ def override(obj: Any, values: dict[str, Any]) -> Any:
     for key, value in values.items():
         head, dot, rest = key.partition(".")
         if head not in known:
-            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown setting {prefix + key!r}; known: {', '.join(sorted(known))}")
         if dot:
             nested.setdefault(head, {})[rest] = value
         else:
-            changes[head] = convert(value, hints[head], key)
+            changes[head] = convert(value, hints[head], prefix + key)
     for head, sub in nested.items():
-        changes[head] = override(changes.get(head, getattr(obj, head)), sub)
+        changes[head] = override(changes.get(head, getattr(obj, head)), sub, f"{prefix}{head}.")
     return replace(obj, **changes)
 
 

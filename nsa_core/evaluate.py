@@ -13,7 +13,7 @@ Data order: callers pass evaluation images already in one fixed shuffled order
 (`train.load_data` and `data.eval_order` produce it). Local ImageFolder copies are sorted by
 class, and with BN in training mode a one-class batch normalises itself away.
 
-The model is left bit-identical: `network.bn_mode` and `network.mc_dropout` restore every
+The model is left bit-identical: the evaluation switches `bn_mode` and `mc_dropout` restore every
 module's flag and never let BN write its running statistics.
 """
 from __future__ import annotations
@@ -32,12 +32,81 @@ import torch.nn.functional as F
 from . import data as D
 from . import metrics
 from .attacks import PGD, pgd_attack
-from .network import WiredNet, bn_mode, frozen, mc_dropout, _restore_training_flags, _training_flags
+from .network import WiredNet
 from .kinds import draw_archs
 
 OOD_SYNTHETIC = "synthetic-ood"
 
 ArchLike = torch.Tensor | np.ndarray | list[int]
+
+
+# ---------------------------------------------------------------- evaluation switches
+# How the model runs while it is scored; each restores every flag it touched.
+
+_BN_TYPES = (nn.BatchNorm2d,)
+
+
+def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    # Every module's own flag: model.train(flag) would overwrite submodules deliberately
+    # left in another mode (a frozen BN, or an enclosing bn_mode / mc_dropout).
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_training_flags(flags: list[tuple[nn.Module, bool]]) -> None:
+    for m, tr in flags:
+        m.training = tr
+
+
+@contextlib.contextmanager
+def bn_mode(model: nn.Module, mode: str):
+    """Evaluate with BN in 'test' mode (running statistics) or 'train' mode (each batch's
+    own statistics). Either way no running statistic, counter or parameter changes: in
+    'train' mode BN layers stop tracking, so PyTorch normalises by the batch and writes
+    nothing. Dropout follows model.eval() (see `mc_dropout`)."""
+    if mode not in ("train", "test"):
+        raise ValueError(f"bn mode must be 'train' or 'test', got {mode!r}")
+    flags = _training_flags(model)
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    saved = [m.track_running_stats for m in bns]
+    model.eval()
+    try:
+        if mode == "train":
+            for m in bns:
+                m.train()
+                m.track_running_stats = False
+        yield model
+    finally:
+        for m, track in zip(bns, saved):
+            m.track_running_stats = track
+        _restore_training_flags(flags)
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module):
+    """Dropout on, everything else (BN included) in test mode: MC dropout's sampling."""
+    flags = _training_flags(model)
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.train()
+    try:
+        yield model
+    finally:
+        _restore_training_flags(flags)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """Parameters stop requiring grad (restored afterwards), so that a gradient with respect
+    to the input alone, e.g. an attack's, does not also compute every weight's gradient."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -138,16 +207,21 @@ def predict(model: WiredNet, images: torch.Tensor, norm: str, arch: ArchLike | i
 
 def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str,
                 archs: ArchLike | None = None, wirings: torch.Tensor | np.ndarray | None = None,
-                bn: str = "test", batch: int = 500) -> pd.DataFrame:
+                bn: str = "test", batch: int = 500, mixed: bool = False) -> pd.DataFrame:
     """Accuracy and mean cross-entropy of each architecture (paper Figs. 2-3 and 5): one row
     per architecture, columns arch (its index, or its position in `wirings`), acc, loss.
     archs None and wirings None: every architecture of the training space.
 
     bn='test': all (architecture, image) pairs in forwards of `batch` images that mix
-    architectures. bn='train': each forward holds one architecture and `batch` images and is
-    normalised by its own statistics, as NSA trains; images must come in a fixed shuffled
-    order (data.eval_order) so that each batch mixes classes."""
+    architectures. bn='train', each forward of `batch` images normalised by its own
+    statistics: with mixed=False it holds one architecture, as NSA trains; with mixed=True its
+    images go through the architectures one per example, as NSA-i trains (pass p gives image i
+    architecture (o_i + p) mod T, o_i a seeded random offset, so every architecture meets every
+    image once and every batch mixes them). Images must come in a fixed shuffled order
+    (data.eval_order) so that each batch mixes classes."""
     _check_bn(bn)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     idx, w, T = _members(model, archs, wirings)
     dev = _device(model)
     n = len(images)
@@ -155,13 +229,15 @@ def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, nor
         raise ValueError(f"{n} images but {len(labels)} labels")
     loss = torch.zeros(T, dtype=torch.float64, device=dev)
     correct = torch.zeros(T, dtype=torch.float64, device=dev)
+    if bn == "test":
+        chunks = ((t, i) for t, i in _pairs(T, n, batch))
+    elif mixed:
+        offset = torch.randint(T, (n,), generator=torch.Generator().manual_seed(0))
+        chunks = (((offset[s:s + batch] + p) % T, torch.arange(s, min(s + batch, n)))
+                  for p in range(T) for s in range(0, n, batch))
+    else:
+        chunks = ((t, torch.arange(s, min(s + batch, n))) for t in range(T) for s in range(0, n, batch))
     with bn_mode(model, bn), torch.no_grad():
-        if bn == "test":
-            chunks = ((t, i) for t, i in _pairs(T, n, batch))
-        else:
-            if batch < 1:
-                raise ValueError(f"batch must be >= 1, got {batch}")
-            chunks = ((t, torch.arange(s, min(s + batch, n))) for t in range(T) for s in range(0, n, batch))
         for t, i in chunks:
             x = D.normalize(images[i.to(images.device)].to(dev), norm)
             y = labels[i.to(labels.device)].to(dev)
@@ -174,18 +250,22 @@ def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, nor
 
 
 def member_probs(model: WiredNet, images: torch.Tensor, norm: str, archs: ArchLike | None = None,
-                 wirings: torch.Tensor | np.ndarray | None = None, batch: int = 500) -> torch.Tensor:
+                 wirings: torch.Tensor | np.ndarray | None = None, batch: int = 500, fresh: bool = False,
+                 seed: int = 0) -> torch.Tensor:
     """Softmax probabilities [T, N, C] (CPU) of T ensemble members, BN in test mode: member t
-    is architecture archs[t] (None: the whole training space) or wirings[t]. Forwards of
-    `batch` images mix members, so T small or large costs the same per image."""
+    is architecture archs[t] (None: the whole training space) or wirings[t]; with fresh=True
+    it is drawn at random from them for each image on its own (with replacement, seeded by
+    `seed`), the ensemble the authors' attack.py evaluates. Forwards of `batch` images mix
+    members, so T small or large costs the same per image."""
     idx, w, T = _members(model, archs, wirings)
     dev = _device(model)
     n = len(images)
+    pick = torch.stack([torch.randperm(T, generator=torch.Generator().manual_seed(seed)) for _ in range(n)], 1) if fresh else None
     out = torch.empty(T, n, model.cfg.classes)
     with bn_mode(model, "test"), torch.no_grad():
         for t, i in _pairs(T, n, batch):
             x = D.normalize(images[i.to(images.device)].to(dev), norm)
-            out[t, i] = _forward(model, x, idx, w, t).softmax(1).cpu()
+            out[t, i] = _forward(model, x, idx, w, t if pick is None else pick[t, i]).softmax(1).cpu()
     return out
 
 
@@ -363,116 +443,5 @@ def attacked_members(model: WiredNet, images: torch.Tensor, labels: torch.Tensor
     return torch.cat(clean, 1), torch.cat(adv, 1), torch.cat(y_all)
 
 
-def attack_report(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
-                  archs: ArchLike | None = None, mc_samples: int | None = None, batch: int = 250,
-                  seed: int = 0, fresh: bool = True) -> dict:
-    """PGD against the whole ensemble (paper Table 3; `attacked_members`): acc_clean and
-    acc_adv are the accuracies of the ensemble's averaged prediction on clean and attacked
-    images, auc is the AUC of telling attacked (positive) from clean (negative) images by
-    mutual information."""
-    p_clean, p_adv, y = attacked_members(model, images, labels, norm, attack, archs, mc_samples, batch, seed, fresh)
-    return dict(attack=attack.name, eps=attack.eps,
-                acc_clean=metrics.accuracy(p_clean.mean(0), y), acc_adv=metrics.accuracy(p_adv.mean(0), y),
-                auc=metrics.auc(metrics.mutual_information(p_clean), metrics.mutual_information(p_adv)),
-                n=len(images))
-
-
-# ------------------------------------------------------------- BN recalibration (beyond the paper)
-
-def _calibration_batches(n: int, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """`batches` index batches of `batch_size` from consecutive seeded permutations of range(n):
-    no image repeats before every image was used once."""
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 (BN cannot normalise one image), got {batch_size}")
-    if n < batch_size:
-        raise ValueError(f"{n} calibration images are fewer than one batch of {batch_size}")
-    g = torch.Generator().manual_seed(seed)
-    need = batches * batch_size
-    order = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-need // n))])
-    return list(order[:need].view(batches, batch_size))
-
-
-@contextlib.contextmanager
-def _bn_statistics_kept(model: nn.Module) -> Iterator[list[nn.BatchNorm2d]]:
-    """Every BN layer's running statistics, counter, momentum and flags, and every module's
-    training flag, restored bit for bit on exit; inside, BN layers average the batches they
-    see with equal weights (momentum None: the cumulative average), so K batches give their
-    exact mean, whatever K is."""
-    flags = _training_flags(model)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum,
-              m.track_running_stats) for m in bns]
-    try:
-        model.eval()   # dropout stays off; BN layers are switched on one by one below
-        for m in bns:
-            m.momentum = None
-            m.track_running_stats = True
-        yield bns
-    finally:
-        for m, (mean, var, count, momentum, track) in zip(bns, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-            m.momentum, m.track_running_stats = momentum, track
-        _restore_training_flags(flags)
-
-
-def _calibrate(model: WiredNet, bns: list[nn.BatchNorm2d], images: torch.Tensor, norm: str,
-               index: list[torch.Tensor], idx: torch.Tensor | None, wirings: torch.Tensor | None, member: int) -> None:
-    """Run the batches `index` of `images` through member `member` alone, BN in training mode,
-    accumulating the running statistics (no gradient, no parameter touched)."""
-    dev = _device(model)
-    for m in bns:
-        m.train()
-    try:
-        with torch.no_grad():
-            for i in index:
-                _forward(model, D.normalize(images[i.to(images.device)].to(dev), norm), idx, wirings, member)
-    finally:
-        for m in bns:
-            m.eval()
-
-
-def recalibrated_scores(model: WiredNet, calibration: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                        norm: str, archs: ArchLike | None = None, wirings: torch.Tensor | np.ndarray | None = None,
-                        batches: int | list[int] = 20, batch_size: int = 128, batch: int = 500,
-                        seed: int = 0) -> pd.DataFrame:
-    """Accuracy and loss of each architecture with BN *recalibrated* for it: the third BN mode
-    (beyond the paper; what one-shot NAS supernets do before scoring a subnet). For each
-    architecture: reset every BN layer's running statistics, run K batches of `batch_size`
-    `calibration` images (uint8 training images, no augmentation, as the test images have
-    none) through that architecture alone with BN in training mode, accumulating the exact
-    average of their statistics, then score it on `images` with BN in test mode. The shared
-    statistics, counters, momenta and flags are restored afterwards, bit for bit; no
-    parameter changes.
-
-    `batches` is K, or several K: one row per (architecture, K). The sweep costs no more than
-    its largest K, since the cumulative average after k batches is exactly the K = k one; every
-    architecture sees the same calibration batches (seeded by `seed`), so architectures and
-    K are compared on the same data. Cost per architecture: max(K) forwards of `batch_size`
-    images (no backward), plus one test-mode pass over `images` per K.
-
-    Columns arch (index, or position in `wirings`), batches (K), acc, loss."""
-    ks = sorted({int(k) for k in np.atleast_1d(batches)})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"batches must be >= 1, got {batches}")
-    idx, w, T = _members(model, archs, wirings)
-    index = _calibration_batches(len(calibration), ks[-1], batch_size, seed)
-    rows = []
-    with _bn_statistics_kept(model) as bns:
-        for t in range(T):
-            for m in bns:
-                m.reset_running_stats()
-            done = 0
-            for k in ks:
-                _calibrate(model, bns, calibration, norm, index[done:k], idx, w, t)
-                done = k
-                one = dict(archs=idx[t:t + 1]) if idx is not None else dict(wirings=w[t:t + 1])
-                s = arch_scores(model, images, labels, norm, bn="test", batch=batch, **one)
-                rows.append((int(idx[t]) if idx is not None else t, k, float(s.acc[0]), float(s.loss[0])))
-    return pd.DataFrame(rows, columns=["arch", "batches", "acc", "loss"])
-
-
-__all__ = ["predict", "arch_scores", "member_probs", "ensemble_curve", "mc_dropout_probs",
-           "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attacked_members", "attack_report",
-           "recalibrated_scores"]
+__all__ = ["bn_mode", "mc_dropout", "frozen", "predict", "arch_scores", "member_probs", "ensemble_curve",
+           "mc_dropout_probs", "batch_mean_variance", "ood_auc", "load_ood", "ensemble_members", "attacked_members"]

@@ -1,42 +1,43 @@
 """What every notebook shares: one `setup` call gives the profile, the output folder, cached
-models, the evaluation subset, and a record of the claims the notebook tests.
+models and results, the evaluation subset, prose rendered from the run's own numbers, and a
+record of the claims the notebook tests.
 
-    exp = setup("01_bn_disparity", profile=PROFILE, data_dir=DATA_DIR, results_dir=RESULTS_DIR)
-    model, hist = exp.model("nsa", space=500)
+    exp = setup("01_bn_disparity", profile=PROFILE, data_dir=DATA_DIR)
+    run = exp.trained(spec)                    # model, history and test curve (the plan's spec)
     d = claims.mean_difference(correct_a, correct_b)          # paired over test images
     exp.claim("...", paper="...", reproduced=f"a - b = {d}", verdict=claims.verdict(d), rule="...")
     exp.finish()   # -> results/<profile>/<notebook>/claims.json, read by REPORT.md
 
-Verdicts, kinds of claims and their thresholds live in claims.py.
-
-Folders follow paths.py's one rule: relative paths resolve against the repository root, so
-a notebook runs the same from notebooks/ (papermill, Jupyter) as from anywhere else.
+`setup` is an entry point: it reads the environment (NSA_PROFILE, the folders, runtime.Settings)
+once. Verdicts, kinds of claims and their thresholds live in claims.py. Folders follow
+paths.py's one rule: relative paths resolve against the repository root, so a notebook runs
+the same from notebooks/ (papermill, Jupyter) as from anywhere else.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from . import claims as C
 from . import data as D
 from . import paths, runtime
-from .claims import (BEYOND, CLAIM_KINDS, FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, PAPER_CLAIM, SANITY, VERDICTS,
-                     markdown_table, tally_sentence)
-from .cache import get_or_train, model_dir
-from .config import ModelSpec
+from .cache import obtain
+from .checkpoint import atomic_save
+from .config import ModelSpec, Recipe
+from .kinds import KINDS
 from .network import WiredNet
 from .profiles import Profile, at_paper_scale, get_profile
 
-__all__ = ["Experiment", "setup", "CLAIM_FIELDS", "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_COMPARABLE",
-           "VERDICTS", "CLAIM_KINDS", "PAPER_CLAIM", "BEYOND", "SANITY"]
 CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule", "kind")
 
 
@@ -56,17 +57,29 @@ def _in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def _show(text: str) -> None:
+def show(text: str) -> None:
     """Markdown in a notebook, a line on stderr elsewhere."""
-    try:
-        from IPython import get_ipython
+    if _in_notebook():
         from IPython.display import Markdown, display
-        if get_ipython() is not None:
-            display(Markdown(text))
-            return
-    except ImportError:
-        pass
-    tqdm.write(text, file=sys.stderr)
+        display(Markdown(text))
+    else:
+        tqdm.write(text, file=sys.stderr)
+
+
+@dataclass
+class Trained:
+    """A trained model of the cache: its spec, the network, its history (one row per epoch)
+    and its test curve (curve.csv: a test evaluation every recipe.eval_every steps)."""
+    spec: ModelSpec
+    model: WiredNet
+    history: pd.DataFrame
+    curve: pd.DataFrame
+
+    @property
+    def label(self) -> str:
+        s = self.spec
+        return f"{KINDS[s.kind].label}" + (f" S={s.space}" if not KINDS[s.kind].fixed else "") + \
+            (f" #{s.arch_index}" if KINDS[s.kind].wiring == "one" else "")
 
 
 @dataclass
@@ -78,6 +91,7 @@ class Experiment:
     data_dir: Path
     device: torch.device
     seed: int = 0
+    settings: runtime.Settings = runtime.Settings()
     claims: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)   # paths relative to results/<profile>/
@@ -87,37 +101,51 @@ class Experiment:
     _tests: dict[tuple[str, int | None], D.Split] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- models and data
-    def spec(self, kind: str, semi: str | None = None, **overrides: Any) -> ModelSpec:
-        """The spec of a model of `kind` at this profile and seed; overrides win."""
-        return self.profile.spec(kind, semi=semi, **{"seed": self.seed, **overrides})
-
-    def model(self, kind: str, semi: str | None = None, **overrides: Any) -> tuple[WiredNet, pd.DataFrame]:
-        """The trained model of `kind` (from the cache, or trained now) and its history."""
-        return self.trained(self.spec(kind, semi=semi, **overrides))
-
-    def trained(self, spec: ModelSpec) -> tuple[WiredNet, pd.DataFrame]:
-        """The model of `spec`, from the cache or trained now, and its history."""
+    def trained(self, spec: ModelSpec) -> Trained:
+        """The model of `spec` (a spec the plan declares), from the cache or trained now."""
         first = spec.key not in self.models
         if first:
             self.models.append(spec.key)
-        if not _in_notebook():
-            return get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=True)
         # A kernel's progress bar lands in the executed notebook as one output per redraw: a
         # notebook gets one line per model instead.
+        quiet = _in_notebook()
         t0 = time.time()
-        model, hist = get_or_train(spec, self.models_dir, self.data_dir, self.device, progress=False)
-        took = time.time() - t0
-        what = f"trained in {took:.0f} s" if took > 5 else "from the model cache"
-        if first or took > 5:
-            print(f"{spec.kind} S={spec.space}{' ' + spec.semi if spec.semi else ''}: {what}")
-        return model, hist
+        got = obtain(spec, self.models_dir, self.data_dir, self.device, progress=not quiet, settings=self.settings)
+        if quiet and (first or got.how == "trained"):
+            print(f"{spec.kind} S={spec.space}{' ' + spec.semi if spec.semi else ''}: "
+                  + (f"trained in {time.time() - t0:.0f} s" if got.how == "trained" else "from the model cache"))
+        return Trained(spec, got.model, got.history, pd.read_csv(got.folder / "curve.csv"))
 
-    def curve(self, kind: str, semi: str | None = None, **overrides: Any) -> pd.DataFrame:
-        """The test curve of the model of `kind` (train.CURVE_COLUMNS: a test evaluation every
-        recipe.eval_every steps and at every epoch's end), trained now if missing."""
-        spec = self.spec(kind, semi=semi, **overrides)
-        self.trained(spec)
-        return pd.read_csv(model_dir(spec, self.models_dir, self.data_dir) / "curve.csv")   # train.CURVE
+    def test_set(self, recipe: Recipe | None = None, dataset: str | None = None, n: int | None = None) -> D.Split:
+        """The evaluation subset of `dataset` (default: the recipe's, itself by default the
+        understand recipe), first `n` images of the fixed shuffled order (default: the
+        recipe's test_size): the images training logged."""
+        r = recipe or self.profile.understand
+        key = (dataset or r.dataset, n or r.test_size)
+        if key not in self._tests:
+            self._tests[key] = D.eval_subset(key[0], self.data_dir, key[1])
+        return self._tests[key]
+
+    def cached(self, name: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """compute(), kept in results/<profile>/_shared under `name` and a hash of `key` (what
+        the result depends on: models, test images, settings), so that notebooks that need the
+        same numbers (02 reuses 01's scores, 06 and 07 reuse 05's probabilities) compute them once."""
+        folder = paths.writable_folder(Path(self.out).parent / "_shared", "results folder")
+        tag = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        path = folder / f"{name}_{tag}.pt"
+        if path.is_file():
+            try:
+                return torch.load(path, weights_only=False)
+            except Exception:   # torn or foreign: computed again
+                pass
+        value = compute()
+        atomic_save(value, path)
+        return value
+
+    def gate(self, runs: dict[str, Trained], rule: str) -> C.Gate:
+        """The training gate (claims.gate) of a claim on `runs` (name -> Trained)."""
+        return C.gate({n: t.curve for n, t in runs.items()}, {n: t.spec.recipe.batch_size for n, t in runs.items()},
+                      rule, self.seed)
 
     # ------------------------------------------------------------------ knobs and scale
     def knob(self, name: str, value: Any, paper_value: Any) -> Any:
@@ -130,21 +158,6 @@ class Experiment:
     def paper_scale(self) -> bool:
         """Whether the profile and every recorded knob are the paper's."""
         return at_paper_scale(self.profile, self.knobs)
-
-    @property
-    def shared_dir(self) -> Path:
-        """results/<profile>/_shared: what several notebooks of one profile reuse."""
-        folder = Path(self.out).parent / "_shared"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def test_set(self, dataset: str | None = None, n: int | None = None) -> D.Split:
-        """The evaluation subset of `dataset` (default: the profile's), first `n` images of the
-        fixed shuffled order (default: profile.test_size): the images training logged."""
-        key = (dataset or self.profile.train.dataset, n or self.profile.train.test_size)
-        if key not in self._tests:
-            self._tests[key] = D.eval_subset(key[0], self.data_dir, key[1])
-        return self._tests[key]
 
     # ---------------------------------------------------------------------- outputs
     def _record(self, path: Path) -> str:
@@ -160,6 +173,13 @@ class Experiment:
             self.figures.append(rel)
         return png
 
+    def figure(self, fig, name: str) -> None:
+        """Save the figure (save_figure), then show it in a notebook; close it elsewhere."""
+        import matplotlib.pyplot as plt
+
+        self.save_figure(fig, name)
+        plt.show() if _in_notebook() else plt.close(fig)
+
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         path = self.out / f"{name}.csv"
         df.to_csv(path, index=False)
@@ -168,24 +188,48 @@ class Experiment:
             self.tables.append(rel)
         return path
 
-    # ----------------------------------------------------------------------- claims
-    @staticmethod
-    def verdict(holds: bool, comparable: bool = True) -> str:
-        """The verdict of an exact check (no sampling noise: a parameter count, a sanity
-        check). A reproduced number with noise takes claims.verdict on its interval."""
-        if not comparable:
-            return NOT_COMPARABLE
-        return HOLDS if holds else FAILS
+    def settings_table(self, recipe: str, keys: list[str]) -> pd.DataFrame:
+        """This run's values of some settings beside the paper's: a recipe key of the profile's
+        `recipe` ('understand', 'explore'; 'semi.KEY' of the semi-supervised one) or a knob."""
+        from dataclasses import fields
 
+        from .profiles import PROFILES
+
+        recipe_keys = {f.name for f in fields(Recipe)}
+
+        def value(p: Profile, key: str) -> Any:
+            r, _, k = key.rpartition(".")
+            return getattr(p.recipe(r or recipe), k) if k in recipe_keys else getattr(p, k)
+
+        return pd.DataFrame([[value(self.profile, k), value(PROFILES["paper"], k)] for k in keys], index=keys,
+                            columns=["this run", "paper"], dtype=object)
+
+    def overview(self, specs: list[ModelSpec]) -> None:
+        """Say which models this notebook uses (the plan's), and how long its last run took
+        (timings.json of `make reproduce`), from the run's own records."""
+        from .reproduce import saved_timings
+
+        kinds = ", ".join(dict.fromkeys(f"{KINDS[s.kind].label}" + (f" ({s.semi})" if s.semi else "") for s in specs))
+        last = saved_timings(Path(self.out).parent).get(self.notebook)
+        self.say(f"**Models.** {len(specs)} from the model cache (trained first if missing: `make reproduce` trains "
+                 f"them all before the notebooks): {kinds}. "
+                 + (f"**Last run** of this notebook by `make reproduce` at this profile: {last / 60:.1f} min "
+                    "(the models already trained)." if last else ""))
+
+    def say(self, text: str) -> None:
+        """Prose whose numbers come from this run (the notebooks' markdown cells hold none)."""
+        show(relative_text(text))
+
+    # ----------------------------------------------------------------------- claims
     def claim(self, statement: str, paper: str, reproduced: str, verdict: str, rule: str,
-              kind: str = PAPER_CLAIM) -> None:
+              kind: str = C.PAPER_CLAIM) -> None:
         """Record one tested statement: what the paper reports, what this run measured (with
         its interval), the rule that turned the measurement into the verdict, and its kind
         (a paper claim, beyond the paper, or a sanity check)."""
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS} (use claims.verdict(...)), got {verdict!r}")
-        if kind not in CLAIM_KINDS:
-            raise ValueError(f"kind must be one of {CLAIM_KINDS}, got {kind!r}")
+        if verdict not in C.VERDICTS:
+            raise ValueError(f"verdict must be one of {C.VERDICTS} (use claims.verdict(...)), got {verdict!r}")
+        if kind not in C.CLAIM_KINDS:
+            raise ValueError(f"kind must be one of {C.CLAIM_KINDS}, got {kind!r}")
         values = (statement, paper, reproduced, verdict, rule, kind)
         self.claims.append(dict(zip(CLAIM_FIELDS, (relative_text(str(v)) for v in values))))
 
@@ -194,7 +238,7 @@ class Experiment:
         deviation forced by the profile); it goes to claims.json and REPORT.md."""
         text = relative_text(text)
         self.notes.append(text)
-        _show(f"**Note:** {text}")
+        show(f"**Note:** {text}")
 
     def finish(self) -> pd.DataFrame:
         """Write <out>/claims.json, show the claims as a markdown table (in full) and return
@@ -206,24 +250,30 @@ class Experiment:
                       figures=self.figures, tables=self.tables, models=self.models)
         (self.out / "claims.json").write_text(json.dumps(record, indent=2, default=str))
         table = pd.DataFrame(self.claims, columns=list(CLAIM_FIELDS))
-        _show(f"**{tally_sentence(table)}.**\n\n" + markdown_table(table))
+        if len(table):
+            show(f"**{C.tally_sentence(table)}.**\n\n" + C.markdown_table(table))
         return table
 
 
 def setup(notebook: str, profile: str | Profile | None = None, data_dir: str | Path | None = None,
-          results_dir: str | Path = "results", seed: int = 0, device: str | torch.device | None = None,
+          results_dir: str | Path | None = None, seed: int = 0, device: str | torch.device | None = None,
           overrides: dict[str, Any] | None = None) -> Experiment:
-    """Start a notebook's experiment: profile None/"" -> $NSA_PROFILE, else tiny; data_dir
-    None -> $NSA_DATA_DIR, else <repo>/data; models cached in $NSA_MODELS_DIR, else
-    <results>/models (paths.py)."""
+    """Start a notebook's experiment (an entry point: the environment is read here). profile
+    None -> $NSA_PROFILE, else tiny; data_dir None -> $NSA_DATA_DIR, else <repo>/data;
+    results_dir None -> $NSA_RESULTS_DIR, else <repo>/results; models cached in
+    $NSA_MODELS_DIR, else <results>/models (paths.py)."""
     import seaborn as sns
+    from .profiles import override_profile
 
-    prof = profile.with_overrides(overrides) if isinstance(profile, Profile) else \
-        get_profile(profile or None, overrides)
-    out = paths.writable_folder(paths.results_dir(results_dir) / prof.name / notebook, "results folder")
+    prof = override_profile(profile, overrides) if isinstance(profile, Profile) else \
+        get_profile(profile or os.environ.get("NSA_PROFILE") or "tiny", overrides)
+    results = paths.results_dir(results_dir)
+    out = paths.writable_folder(results / prof.name / notebook, "results folder")
     # A claims.json left by an earlier run must not pass for this run's if this one fails.
     (out / "claims.json").unlink(missing_ok=True)
+    settings = runtime.Settings.from_env()
+    runtime.keep_freed_memory(settings)
     torch.manual_seed(seed)
     sns.set_theme(context="notebook", style="whitegrid")
-    return Experiment(notebook=notebook, profile=prof, out=out, models_dir=paths.models_dir(),
-                      data_dir=paths.data_dir(data_dir), device=runtime.device(device), seed=seed)
+    return Experiment(notebook=notebook, profile=prof, out=out, models_dir=paths.models_dir(results=results),
+                      data_dir=paths.data_dir(data_dir), device=runtime.device(device), seed=seed, settings=settings)

@@ -42,15 +42,14 @@ this shared machine: a quieter A/B gave 0.63x -> 0.83x).
 The price: this module, a hand-written backward that must stay equal to `Stage.forward`
 (the tests check every gradient), index lists built on the host for every batch (one
 host-to-device copy per stage, pinned on CUDA), no double backward, and a stage that
-`torch.compile` cannot see into. `NSA_STAGE` chooses: 'fast', 'reference', or 'auto'
-(default), which takes this path on the CPU, where it is measured faster, and the reference
-on CUDA, where neither has been measured yet (a GPU runs the reference's elementwise
-multiply-adds cheaply, so the trade may differ there).
+`torch.compile` cannot see into. A network runs it when built with fast=True; the entry
+points choose by runtime.Settings (NSA_STAGE: 'fast', 'reference', or 'auto', which takes
+this path on the CPU, where it was measured faster, and the reference on CUDA, where neither
+has been measured yet: a GPU runs the reference's elementwise multiply-adds cheaply).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,8 +57,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-if TYPE_CHECKING:
-    from .network import StageWiring
+
+@dataclass(frozen=True)
+class StageWiring:
+    """One stage's architecture for each example of a batch: `wiring` [B, N+1, N+1], 0/1 on
+    the host (row = consumer, column = producer), `coef` [B, N+1, N+1] the aggregation
+    coefficients on the device (zero where the wiring is), `means`: the coefficients are the
+    wiring's plain row means (no learned ones), so a lone input has coefficient 1."""
+    wiring: np.ndarray
+    coef: torch.Tensor
+    means: bool
 
 # `_FastStage.apply(x, coef, wiring, nodes, arch, record, *params)`: the nodes' parameters
 # start at this argument index, in `needs_input_grad` and in the gradients backward returns.
@@ -223,16 +230,24 @@ def stage_forward(nodes: nn.ModuleList, x: torch.Tensor, wiring: StageWiring,
 # ------------------------------------------------------------------------ backward
 
 
-def _bn_output_again(bn: nn.Module, c: torch.Tensor, arch: torch.Tensor | None) -> torch.Tensor:
-    """A node's output recomputed from its BN input `c` as the forward computed it (batch
-    statistics in training, running ones in eval), leaving the running statistics alone."""
-    track = bn.track_running_stats
-    bn.track_running_stats = track and not bn.training
+def _bn_mode(bn: nn.Module) -> tuple[bool, bool]:
+    """What decides how a BN normalises: (training, track_running_stats)."""
+    return bn.training, bn.track_running_stats
+
+
+def _bn_output_again(bn: nn.Module, c: torch.Tensor, arch: torch.Tensor | None, mode: tuple[bool, bool]
+                     ) -> torch.Tensor:
+    """A node's output recomputed from its BN input `c` as the forward computed it, in the BN
+    mode the forward ran in (`mode`, `_bn_mode`: batch statistics in training, running ones in
+    eval) whatever the mode is now, leaving the running statistics alone."""
+    saved = _bn_mode(bn)
+    training, track = mode
+    bn.training, bn.track_running_stats = training, track and not training
     try:
         with torch.no_grad():
             return bn(c.detach(), arch)
     finally:
-        bn.track_running_stats = track
+        bn.training, bn.track_running_stats = saved
 
 
 def _coef_grad(g: torch.Tensor, buf: torch.Tensor, fwd: Gather, coef: torch.Tensor) -> torch.Tensor:
@@ -275,6 +290,7 @@ class _FastStage(torch.autograd.Function):
             ctx.fwd, ctx.host_wiring, ctx.means = fwd, wiring.wiring, wiring.means
             ctx.shape = (len(fwd.unit), x.shape[0], *x.shape[2:], x.shape[1])
             ctx.nodes, ctx.arch, ctx.bn_inputs = nodes, arch, bn_inputs
+            ctx.bn_modes = [_bn_mode(node.bn) for node in nodes]
             ctx.save_for_backward(coef, x if want_coef else None)
         return out
 
@@ -283,7 +299,7 @@ class _FastStage(torch.autograd.Function):
     def backward(ctx, grad_out):
         if getattr(ctx, "graphs", None) is None:
             raise RuntimeError("a fast stage's node graphs are freed by its first backward; "
-                               "use NSA_STAGE=reference to backward through it twice")
+                               "build the network with fast=False (NSA_STAGE=reference) to backward through it twice")
         coef, x = ctx.saved_tensors
         want_coef = ctx.needs_input_grad[1]
         bwd = backward_gather(ctx.host_wiring, coef.to(grad_out.dtype), ctx.means)
@@ -311,7 +327,7 @@ class _FastStage(torch.autograd.Function):
             buf = g.new_empty(ctx.shape)
             buf[0].copy_(_nhwc(x))
             for k, c in enumerate(ctx.bn_inputs, start=1):
-                buf[k].copy_(_nhwc(_bn_output_again(ctx.nodes[k - 1].bn, c, ctx.arch)))
+                buf[k].copy_(_nhwc(_bn_output_again(ctx.nodes[k - 1].bn, c, ctx.arch, ctx.bn_modes[k - 1])))
             ctx.bn_inputs = None
             gcoef = _coef_grad(g, buf, ctx.fwd, coef)
         return (gx, gcoef, None, None, None, None, *gparams)
@@ -386,4 +402,4 @@ def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, b
                                 bn.running_var if track else None, momentum)
 
 
-__all__ = ["Gather", "forward_gather", "backward_gather", "stage_forward", "cond_batch_norm"]
+__all__ = ["StageWiring", "Gather", "forward_gather", "backward_gather", "stage_forward", "cond_batch_norm"]

@@ -9,15 +9,12 @@ The forward takes one architecture index per example, so NSA (the whole batch sh
 index) and NSA-i (i.i.d. indices) are the same code. A batch that mixes architectures runs
 in one pass: every node aggregates its inputs with per-example coefficients, so there is no
 loop over examples or architectures, only over the nodes of the DAG. `Stage.forward` is the
-definition; `fast_stage` computes the same faster on the CPU (`NSA_STAGE`, `stage_impl`).
+definition; `fast_stage` computes the same faster (tested equal). Which one a network runs is
+fixed when it is built (`WiredNet(..., fast=...)`; runtime.Settings.fast_stage chooses).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import os
-from dataclasses import dataclass, asdict
-from typing import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,6 +23,7 @@ import torch.nn.functional as F
 
 from . import fast_stage
 from . import space as wspace
+from .fast_stage import StageWiring
 
 
 class CondBN(nn.BatchNorm2d):
@@ -33,11 +31,11 @@ class CondBN(nn.BatchNorm2d):
     affine weight and bias are per architecture and picked per example (like class-
     conditional BN); otherwise it is a plain affine BatchNorm2d. Below, the definition: BN,
     then each example's affine; `fast_stage.cond_batch_norm` computes the same keeping one
-    activation instead of two, where `NSA_STAGE` chooses the fast path (see `stage_impl`)."""
+    activation instead of two, in a network built with fast=True."""
 
-    def __init__(self, channels: int, archs: int = 0):
+    def __init__(self, channels: int, archs: int = 0, fast: bool = False):
         super().__init__(channels, affine=archs == 0)
-        self.archs = archs
+        self.archs, self.fast = archs, fast
         if archs:
             self.cond_weight = nn.Parameter(torch.ones(archs, channels))
             self.cond_bias = nn.Parameter(torch.zeros(archs, channels))
@@ -46,7 +44,7 @@ class CondBN(nn.BatchNorm2d):
         if not self.archs:
             return super().forward(x)
         weight, bias = self.cond_weight[arch], self.cond_bias[arch]
-        if _chosen_stage_impl(x.device) == "fast":
+        if self.fast:
             return fast_stage.cond_batch_norm(self, x, weight, bias)
         return torch.addcmul(bias[:, :, None, None], super().forward(x), weight[:, :, None, None])
 
@@ -56,11 +54,11 @@ class Node(nn.Module):
     ReLU, so that the fast stage can root a node's autograd graph at the ReLU's output, which
     the convolution saves anyway (no extra activation kept)."""
 
-    def __init__(self, channels: int, archs: int, dropout: float):
+    def __init__(self, channels: int, archs: int, dropout: float, fast: bool):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.bn = CondBN(channels, archs)
+        self.bn = CondBN(channels, archs, fast)
 
     def forward(self, relu_x: torch.Tensor, arch: torch.Tensor | None) -> torch.Tensor:
         return self.bn(self.bn_input(relu_x), arch)
@@ -69,57 +67,13 @@ class Node(nn.Module):
         return self.drop(self.conv(relu_x))
 
 
-@dataclass(frozen=True)
-class StageWiring:
-    """One stage's architecture for each example of a batch: `wiring` [B, N+1, N+1], 0/1 on
-    the host (row = consumer, column = producer), `coef` [B, N+1, N+1] the aggregation
-    coefficients on the device (zero where the wiring is), `means`: the coefficients are the
-    wiring's plain row means (no learned ones), so a lone input has coefficient 1."""
-    wiring: np.ndarray
-    coef: torch.Tensor
-    means: bool
-
-
-STAGE_IMPLS = ("auto", "fast", "reference")
-_forced_impl: contextvars.ContextVar[str | None] = contextvars.ContextVar("stage_impl", default=None)
-
-
-@contextlib.contextmanager
-def stage_impl(name: str) -> Iterator[None]:
-    """Compute every stage with implementation `name` ('auto', 'fast' or 'reference') inside
-    the block, whatever $NSA_STAGE says (tests compare the two this way)."""
-    _check_impl(name, "stage_impl")
-    token = _forced_impl.set(name)
-    try:
-        yield
-    finally:
-        _forced_impl.reset(token)
-
-
-def _check_impl(name: str, source: str) -> None:
-    if name not in STAGE_IMPLS:
-        raise ValueError(f"{source} must be one of {', '.join(STAGE_IMPLS)}, got {name!r}")
-
-
-def _chosen_stage_impl(device: torch.device) -> str:
-    """'fast' or 'reference': `stage_impl`'s choice, else $NSA_STAGE's (default 'auto').
-    'auto' is the fast path on the CPU, where it is measured faster, and the reference
-    elsewhere, where it has not been measured (see fast_stage's docstring)."""
-    name = _forced_impl.get()
-    if name is None:
-        name = os.environ.get("NSA_STAGE", "auto")
-        _check_impl(name, "NSA_STAGE")
-    if name == "auto":
-        return "fast" if device.type == "cpu" else "reference"
-    return name
-
-
 class Stage(nn.Module):
     """N nodes wired by a DAG whose wiring and coefficients may differ per example."""
 
-    def __init__(self, channels: int, nodes: int, archs: int, dropout: float):
+    def __init__(self, channels: int, nodes: int, archs: int, dropout: float, fast: bool):
         super().__init__()
-        self.nodes = nn.ModuleList(Node(channels, archs, dropout) for _ in range(nodes))
+        self.fast = fast
+        self.nodes = nn.ModuleList(Node(channels, archs, dropout, fast) for _ in range(nodes))
 
     def forward(self, x: torch.Tensor, gather: StageWiring, arch: torch.Tensor | None) -> torch.Tensor:
         """x: [B, C, H, W]; gather: the stage's per-example wirings and coefficients (row =
@@ -128,9 +82,8 @@ class Stage(nn.Module):
         Slot 0 holds the stage input, slot k node k-1's output. Node j's input is, for each
         example, the sum over slots i of coef[b, j, i] x slot i; a slot no example of the
         batch reads is skipped. The stage output is the last row's sum, without a ReLU (the
-        transition and the head apply their own). `fast_stage` computes the same faster
-        where `NSA_STAGE` chooses it (see `stage_impl`)."""
-        if _chosen_stage_impl(x.device) == "fast":
+        transition and the head apply their own). `fast_stage` computes the same faster."""
+        if self.fast:
             return fast_stage.stage_forward(self.nodes, x, gather, arch)
         coef = gather.coef.to(x.dtype)
         read = gather.wiring.any(0)    # read[j, i]: some example's row j reads slot i
@@ -147,10 +100,10 @@ class Stage(nn.Module):
 class Transition(nn.Module):
     """ReLU -> 1x1 conv (width doubles) -> 2x2 average pool -> BN, between stages."""
 
-    def __init__(self, cin: int, cout: int, archs: int):
+    def __init__(self, cin: int, cout: int, archs: int, fast: bool):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn = CondBN(cout, archs)
+        self.bn = CondBN(cout, archs, fast)
 
     def forward(self, x: torch.Tensor, arch: torch.Tensor | None) -> torch.Tensor:
         return self.bn(F.avg_pool2d(self.conv(F.relu(x)), 2), arch)
@@ -184,9 +137,10 @@ class NetConfig:
 
 class WiredNet(nn.Module):
     """A network whose 3 stages are wired by an architecture from `space`
-    ([S, 3, N+1, N+1] 0/1 wirings) or by explicit wirings passed to forward."""
+    ([S, 3, N+1, N+1] 0/1 wirings) or by explicit wirings passed to forward. `fast`: its
+    stages and per-architecture BN run fast_stage's path (the same numbers)."""
 
-    def __init__(self, space: np.ndarray, cfg: NetConfig = NetConfig()):
+    def __init__(self, space: np.ndarray, cfg: NetConfig = NetConfig(), fast: bool = False):
         super().__init__()
         space = wspace.validate_architecture(space, cfg.nodes)
         if space.ndim == 3:
@@ -200,9 +154,9 @@ class WiredNet(nn.Module):
         self.register_buffer("norm_space", torch.from_numpy(wspace.normalise(space)), persistent=False)
         self.agg = nn.Parameter(torch.ones(S, 3, cfg.nodes + 1, cfg.nodes + 1)) if cfg.cond_agg else None
         self.stem = nn.Conv2d(3, c[0], 3, padding=1, bias=False)
-        self.stem_bn = CondBN(c[0], archs)
-        self.stages = nn.ModuleList(Stage(ci, cfg.nodes, archs, cfg.dropout) for ci in c)
-        self.transitions = nn.ModuleList(Transition(c[k], c[k + 1], archs) for k in range(2))
+        self.stem_bn = CondBN(c[0], archs, fast)
+        self.stages = nn.ModuleList(Stage(ci, cfg.nodes, archs, cfg.dropout, fast) for ci in c)
+        self.transitions = nn.ModuleList(Transition(c[k], c[k + 1], archs, fast) for k in range(2))
         self.fc = nn.Linear(c[2], cfg.classes)
         self.aux = AuxHead(c[2], cfg.classes) if cfg.aux else None
         self._init_weights()
@@ -213,6 +167,14 @@ class WiredNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def use_fast(self, fast: bool) -> "WiredNet":
+        """Run fast_stage's path (True) or the readable definition (False) from now on, in place;
+        the weights and results are the same (tests compare the two this way)."""
+        for m in self.modules():
+            if isinstance(m, (Stage, CondBN)):
+                m.fast = fast
+        return self
 
     @property
     def num_archs(self) -> int:
@@ -279,77 +241,8 @@ class WiredNet(nn.Module):
         return arch.to(device, non_blocking=True), host
 
 
-# ---------------------------------------------------------------- evaluation switches
-
-_BN_TYPES = (nn.BatchNorm2d,)
-
-
-def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    # Every module's own flag: model.train(flag) would overwrite submodules deliberately
-    # left in another mode (a frozen BN, or an enclosing bn_mode / mc_dropout).
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore_training_flags(flags: list[tuple[nn.Module, bool]]) -> None:
-    for m, tr in flags:
-        m.training = tr
-
-
-@contextlib.contextmanager
-def bn_mode(model: nn.Module, mode: str):
-    """Evaluate with BN in 'test' mode (running statistics) or 'train' mode (each batch's
-    own statistics). Either way no running statistic, counter or parameter changes: in
-    'train' mode BN layers stop tracking, so PyTorch normalises by the batch and writes
-    nothing. Dropout follows model.eval() (see `mc_dropout`)."""
-    if mode not in ("train", "test"):
-        raise ValueError(f"bn mode must be 'train' or 'test', got {mode!r}")
-    flags = _training_flags(model)
-    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
-    saved = [m.track_running_stats for m in bns]
-    model.eval()
-    try:
-        if mode == "train":
-            for m in bns:
-                m.train()
-                m.track_running_stats = False
-        yield model
-    finally:
-        for m, track in zip(bns, saved):
-            m.track_running_stats = track
-        _restore_training_flags(flags)
-
-
-@contextlib.contextmanager
-def mc_dropout(model: nn.Module):
-    """Dropout on, everything else (BN included) in test mode: MC dropout's sampling."""
-    flags = _training_flags(model)
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.train()
-    try:
-        yield model
-    finally:
-        _restore_training_flags(flags)
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module):
-    """Parameters stop requiring grad (restored afterwards), so that a gradient with respect
-    to the input alone, e.g. an attack's, does not also compute every weight's gradient."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["NetConfig", "WiredNet", "CondBN", "StageWiring", "stage_impl", "bn_mode", "mc_dropout", "frozen",
-           "count_params", "asdict"]
+__all__ = ["NetConfig", "WiredNet", "CondBN", "StageWiring", "count_params"]

@@ -36,14 +36,14 @@ def data_dir(given: str | Path | None = None) -> Path:
 
 
 def results_dir(given: str | Path | None = None) -> Path:
-    """The results folder: $NSA_RESULTS_DIR when set (tests point it at a scratch folder),
-    else `given`, else <repo>/results."""
-    return resolve(os.environ.get("NSA_RESULTS_DIR") or given or "results")
+    """The results folder: `given`, else $NSA_RESULTS_DIR, else <repo>/results."""
+    return _chosen(given, "NSA_RESULTS_DIR", "results")
 
 
-def models_dir(given: str | Path | None = None) -> Path:
-    """The model cache: `given`, else $NSA_MODELS_DIR, else <results>/models."""
-    return _chosen(given, "NSA_MODELS_DIR", results_dir() / "models")
+def models_dir(given: str | Path | None = None, results: Path | None = None) -> Path:
+    """The model cache: `given`, else $NSA_MODELS_DIR, else <results>/models (`results`: the
+    results folder, by default results_dir())."""
+    return _chosen(given, "NSA_MODELS_DIR", (results or results_dir()) / "models")
 
 
 def writable_folder(path: Path, what: str) -> Path:

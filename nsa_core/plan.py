@@ -1,15 +1,14 @@
-"""The plan: which trained models each notebook needs, at a profile, and where each stands in
-the model cache (trained, partial at some epoch, missing).
+"""The plan: which trained models each notebook uses, at a profile, and where each stands in
+the model cache (trained, partial at some epoch, missing, damaged).
 
-`NOTEBOOK_MODELS` is the one declaration. It builds specs the way the notebooks do: through
-`Experiment.spec` (the profile, the seed, the overrides) and, for the Sec. 5 notebooks,
-through `explore.method_specs`, the very function their `ensemble_models` and
-`table2_probs` call. What a notebook really asked for is recorded in its claims.json
-("models"), and tests/test_plan.py compares the two after the smoke runs of the notebooks.
+Each model is declared once, here: the notebooks' helpers ask these functions for their specs
+(a profile and a seed in, specs out), and `models` / `train-all` list and train the same
+specs. What a notebook really asked the cache for is recorded in its claims.json ("models"),
+and tests/test_notebooks.py compares the two after the smoke run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,60 +17,94 @@ import torch
 from . import data as D
 from . import paths
 from .config import ModelSpec
-from .experiment import Experiment
+from .kinds import KINDS
 from .profiles import Profile, get_profile
 
-
-def _mode_collapse_space(p: Profile) -> int:
-    # 03's parameter S defaults to the paper's 500, except at smoke, whose spaces are small
-    return 500 if p.name != "smoke" else p.spaces_bn[0]
+# Table 2's methods, one list of specs each ("single": the individuals, one per architecture)
+METHODS = ("wrn", "wrn-dropout", "single", "nsa-id")
 
 
-def _table2(exp: Experiment, datasets: tuple[str, ...], methods: tuple[str, ...] | None = None
-            ) -> list[ModelSpec]:
-    from . import explore   # imports the metrics (torchmetrics: seconds) only for the Sec. 5 notebooks
-    return [s for ds in datasets for m in methods or explore.METHODS for s in explore.method_specs(exp, ds)[m]]
+def disparity(p: Profile, seed: int = 0) -> dict[tuple[str, int], ModelSpec]:
+    """01, 02: NSA and NSA-i at every S of spaces_bn, (kind, S) -> spec."""
+    return {(k, S): p.spec(k, space=S, seed=seed) for k in ("nsa", "nsa-i") for S in p.spaces_bn}
 
 
-def _tour(e: Experiment, sets: dict[str, Any]) -> list[ModelSpec]:
-    from .understand import synthetic_fallback
-    settings = {**TOUR, **sets}   # as 00's setup cell: the tour's settings, the overrides winning
-    prof = get_profile(e.profile.name, settings)
-    # synthetic_fallback decodes the data to see whether they load; the plan must not decode
-    # (`models` only reads), and a copy on disk is all it looks for
-    fallback = None if D.on_disk(prof.train.dataset, "test", e.data_dir) else synthetic_fallback(prof, e.data_dir)
-    prof = get_profile(e.profile.name, {**settings, **(fallback or {})})
-    tour = Experiment(notebook=e.notebook, profile=prof, out=e.out, models_dir=e.models_dir,
-                      data_dir=e.data_dir, device=e.device, seed=e.seed)
-    return [tour.spec(k, space=TOUR_SPACE) for k in ("nsa", "nsa-i")]
+def collapse(p: Profile, seed: int = 0) -> dict[str, ModelSpec]:
+    """03: NSA-i and NSA-id with per-architecture aggregation only, at space_collapse."""
+    return {k: p.spec(k, space=p.space_collapse, seed=seed) for k in ("nsa-i", "nsa-id-agg")}
 
 
-def _nas_proxy(e: Experiment) -> list[ModelSpec]:
-    from . import beyond
-    specs = beyond.proxy_specs(e, beyond.PROXY_ARCHS.get(e.profile.name, 10))
-    return [s for kind in ("single", *beyond.SHARED_KINDS) for s in specs[kind]]
+def unseen(p: Profile, seed: int = 0) -> dict[tuple[str, int], ModelSpec]:
+    """04: NSA-i at every S of spaces_unseen; App. D's NSA (01's models) at the S both have."""
+    return {**{("nsa-i", S): p.spec("nsa-i", space=S, seed=seed) for S in p.spaces_unseen},
+            **{("nsa", S): p.spec("nsa", space=S, seed=seed) for S in p.spaces_unseen if S in p.spaces_bn}}
 
 
-TOUR = {"epochs": 1, "test_size": 500, "n_archs": 20}   # 00's TOUR and SPACE parameters
-TOUR_SPACE = 500
+def table2(p: Profile, dataset: str, seed: int = 0) -> dict[str, list[ModelSpec]]:
+    """05-07: the specs behind each Table 2 method on `dataset` (several for "single")."""
+    S = p.space_ensemble
+    spec = lambda kind, **v: p.spec(kind, "explore", seed=seed, dataset=dataset, **v)  # noqa: E731
+    return {"wrn": [spec("wrn")], "wrn-dropout": [spec("wrn-dropout")],
+            "single": [spec("single", space=S, arch_index=k) for k in range(S)],
+            "nsa-id": [spec("nsa-id", space=S)]}
 
-# notebook stem -> the specs it asks the cache for (given its Experiment and the --set values)
-NOTEBOOK_MODELS: dict[str, Callable[[Experiment, dict[str, Any]], list[ModelSpec]]] = {
-    "00_tour": _tour,
-    # 01 also asks for NSA-i: its test curve is the stable reference of the instability claim
-    "01_bn_disparity": lambda e, _: [e.spec(k, space=S) for k in ("nsa", "nsa-i") for S in e.profile.spaces_bn],
-    "02_instance_archs": lambda e, _: [e.spec(k, space=S) for k in ("nsa-i", "nsa") for S in e.profile.spaces_bn],
-    "03_mode_collapse": lambda e, _: [e.spec(k, space=_mode_collapse_space(e.profile)) for k in ("nsa-i", "nsa-id-agg")],
-    # 04's App. D reuses 01's NSA models at the spaces both notebooks have
-    "04_unseen_archs": lambda e, _: [e.spec("nsa-i", space=S) for S in e.profile.spaces_unseen] +
-    [e.spec("nsa", space=S) for S in e.profile.spaces_unseen if S in e.profile.spaces_bn],
-    "05_ensemble": lambda e, _: _table2(e, e.profile.ensemble_datasets),
-    "06_calibration": lambda e, _: _table2(e, e.profile.ensemble_datasets),
-    "07_uncertainty": lambda e, _: _table2(e, (e.profile.train.dataset,), ("wrn-dropout", "nsa-id")),
-    "08_semisupervised": lambda e, _: [e.spec("nsa-id", space=e.profile.space_ensemble, semi="consistency"),
-                                       e.spec("wrn-dropout", semi="consistency"),
-                                       e.spec("wrn", semi="labelled-only")],
-    "09_nas_proxy": lambda e, _: _nas_proxy(e),
+
+def sanity(p: Profile, seed: int = 0) -> dict[str, ModelSpec]:
+    """05's sanity section: NSA-i on one architecture and on the S of Table 2, that
+    architecture trained alone (05's first individual) and WRN-28-10†, all with one recipe."""
+    spec = lambda kind, **v: p.spec(kind, "explore", seed=seed, **v)  # noqa: E731
+    return {"nsa-i S=1": spec("nsa-i", space=1), f"nsa-i S={p.space_ensemble}": spec("nsa-i", space=p.space_ensemble),
+            "single": spec("single", space=p.space_ensemble, arch_index=0), "wrn": spec("wrn")}
+
+
+def semisupervised(p: Profile, seed: int = 0) -> dict[str, ModelSpec]:
+    """08: NSA-id + consistency, the Pi model, the labelled-only baseline."""
+    return {"nsa-id": p.spec("nsa-id", space=p.space_ensemble, semi="consistency", seed=seed),
+            "pi": p.spec("wrn-dropout", semi="consistency", seed=seed),
+            "labelled-only": p.spec("wrn", semi="labelled-only", seed=seed)}
+
+
+def proxy(p: Profile, seed: int = 0) -> dict[str, list[ModelSpec]]:
+    """09: architectures 0..M-1 of one training space each trained alone ("single"; the first
+    space_ensemble of them are 05's individuals, whose spec names that space) and the shared
+    weights of NSA-i and NSA-id on the space of the first M. Spaces of one seed share their
+    first architectures, so architecture k is one wiring in every spec."""
+    m, s05 = p.proxy_archs, p.space_ensemble
+    return {"single": [p.spec("single", "explore", space=s05 if k < s05 else m, arch_index=k, seed=seed)
+                       for k in range(m)],
+            **{kind: [p.spec(kind, "explore", space=m, seed=seed)] for kind in ("nsa-i", "nsa-id")}}
+
+
+def tour(p: Profile, seed: int = 0, data_dir=None) -> dict[str, ModelSpec]:
+    """00: NSA and NSA-i at the first S of spaces_bn, 01's models. Where the profile's data
+    set is not on disk here, the tour runs on the synthetic set instead (with the profile's
+    number of training images), so that a class can start it anywhere in seconds."""
+    r = p.understand
+    if r.dataset != "synthetic" and not D.on_disk(r.dataset, "test", data_dir):
+        p = replace(p, understand=replace(r, dataset="synthetic", train_size=None,
+                                          synthetic_size=r.train_size or r.synthetic_size))
+    return {k: p.spec(k, space=p.spaces_bn[0], seed=seed) for k in ("nsa", "nsa-i")}
+
+
+def _flat(d) -> list[ModelSpec]:
+    """The specs of a declaration, each once (05's sanity section shares models with Table 2)."""
+    return list(dict.fromkeys(s for v in d.values() for s in (v if isinstance(v, list) else [v])))
+
+
+# notebook stem -> the specs it asks the cache for, given the profile, seed and data folder
+NOTEBOOK_MODELS: dict[str, Callable[[Profile, int, Any], list[ModelSpec]]] = {
+    "00_tour": lambda p, seed, data: _flat(tour(p, seed, data)),
+    "01_bn_disparity": lambda p, seed, _: _flat(disparity(p, seed)),
+    "02_instance_archs": lambda p, seed, _: _flat(disparity(p, seed)),
+    "03_mode_collapse": lambda p, seed, _: _flat(collapse(p, seed)),
+    "04_unseen_archs": lambda p, seed, _: _flat(unseen(p, seed)),
+    "05_ensemble": lambda p, seed, _: _flat({**{ds: _flat(table2(p, ds, seed)) for ds in p.ensemble_datasets},
+                                             **sanity(p, seed)}),
+    "06_calibration": lambda p, seed, _: [s for ds in p.ensemble_datasets for s in _flat(table2(p, ds, seed))],
+    "07_uncertainty": lambda p, seed, _: [s for m in ("wrn-dropout", "nsa-id")
+                                          for s in table2(p, p.explore.dataset, seed)[m]],
+    "08_semisupervised": lambda p, seed, _: _flat(semisupervised(p, seed)),
+    "09_nas_proxy": lambda p, seed, _: _flat(proxy(p, seed)),
 }
 
 TRAINED, PARTIAL, MISSING, DAMAGED, NO_DATA = "trained", "partial", "missing", "damaged", "no data"
@@ -99,7 +132,7 @@ class Item:
     def label(self) -> str:
         """kind, the semi-supervised mode and the individual's index: 'single #3', 'wrn (labelled-only)'."""
         s = self.spec
-        return s.kind + (f" ({s.semi})" if s.semi else "") + (f" #{s.arch_index}" if s.kind == "single" else "")
+        return s.kind + (f" ({s.semi})" if s.semi else "") + (f" #{s.arch_index}" if KINDS[s.kind].wiring == "one" else "")
 
     @property
     def name(self) -> str:
@@ -133,16 +166,13 @@ def notebook_stems(numbers: list[str] | None = None) -> list[str]:
     return paths.pick_numbered(numbers, declared)
 
 
-def asked_by(notebook: str, profile: str | None = None, seed: int = 0, sets: dict[str, Any] | None = None,
+def asked_by(notebook: str, profile: str = "tiny", seed: int = 0, sets: dict[str, Any] | None = None,
              data_dir=None) -> list[ModelSpec]:
     """The specs notebook `notebook` (its full stem) asks for at `profile`, `seed` and `sets`."""
-    # a bare Experiment: setup() would create result folders, and the plan writes nothing
-    exp = Experiment(notebook=notebook, profile=get_profile(profile, sets), out=Path("."), models_dir=Path("."),
-                     data_dir=paths.data_dir(data_dir), device=torch.device("cpu"), seed=seed)
-    return NOTEBOOK_MODELS[notebook](exp, dict(sets or {}))
+    return NOTEBOOK_MODELS[notebook](get_profile(profile, sets), seed, data_dir)
 
 
-def specs(profile: str | None = None, notebooks: list[str] | None = None, seed: int = 0,
+def specs(profile: str = "tiny", notebooks: list[str] | None = None, seed: int = 0,
           sets: dict[str, Any] | None = None, data_dir=None) -> dict[str, tuple[ModelSpec, tuple[str, ...]]]:
     """key -> (spec, the notebooks that need it), in the order the notebooks first ask."""
     out: dict[str, tuple[ModelSpec, tuple[str, ...]]] = {}
@@ -193,7 +223,7 @@ def state_of(spec: ModelSpec, models_dir: Path | str | None = None, data_dir=Non
     return Item(spec, users, folder, MISSING, note=note)
 
 
-def build_plan(profile: str | None = None, notebooks: list[str] | None = None,
+def build_plan(profile: str = "tiny", notebooks: list[str] | None = None,
                models_dir: Path | str | None = None, data_dir=None, seed: int = 0,
                sets: dict[str, Any] | None = None) -> list[Item]:
     """Every model the chosen notebooks of `profile` need, with its state in the cache."""

@@ -1,30 +1,35 @@
-"""Profiles: named sizes of the whole suite. A profile is a `Recipe` for the supervised
-models, the changes that make it the semi-supervised recipe, and the notebooks' knobs.
+"""Profiles: named sizes of the whole suite. A profile holds three `Recipe`s, one for each
+kind of model the notebooks train, and the notebooks' knobs:
+- `understand`: Secs. 3-4 (the tour and notebooks 01-04), where the claims that can be
+  decided on a CPU are, so the CPU profiles spend their budget there;
+- `explore`: Sec. 5's supervised models (05-07, 09);
+- `semi`: Sec. 5.3's semi-supervised models (08).
 
 - paper: the paper's settings exactly (a GPU run of many days in all).
 - tiny:  real CIFAR-10 on a 2-core CPU; the whole suite within 90 minutes. The models are
-         narrow and shallow and train for a few hundred steps each, so absolute accuracies
-         are far below the paper's; the notebooks say which claims stay comparable.
+         narrow and shallow and train for far fewer steps than the paper's, so absolute
+         accuracies are far below the paper's; the notebooks say which claims stay comparable.
 - gpu:   between tiny and paper: full CIFAR-10/100, width 4, 8 nodes, 60 epochs; the whole
          suite on one modern GPU in about two to three hours (the sizing is argued below).
 - smoke: synthetic data; every model trains in seconds. For tests and a quick look.
 
-Any value can be overridden: `get_profile("tiny", {"epochs": 4, "semi.epochs": 1})`, or
-`--set epochs=4 --set semi.epochs=1` on the command line. A bare recipe key changes the
-supervised recipe (and the semi-supervised one, which starts from it); `semi.KEY` changes the
-semi-supervised recipe alone.
+Every value can be overridden, always through `override_profile` (the `--set` values of the
+command line and the OVERRIDES of a notebook take this one route): a dotted key names one
+recipe's value (`explore.epochs=2`, `semi.epochs=1`); a bare recipe key sets it in all three
+recipes (`epochs=4`); any other key is a knob (`n_archs=10`).
 """
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .config import ModelSpec, Recipe, override
 
+RECIPES = ("understand", "explore", "semi")
+
 # The authors' semi-supervised script: 100 epochs of the unlabelled set, x0.2 at 40 and 80,
 # 64 labelled + 64 unlabelled images a step, no auxiliary head.
-PAPER_SEMI = {"epochs": 100, "milestones": (40, 80), "batch_size": 64, "aux_weight": 0.0}
+PAPER_SEMI = Recipe(epochs=100, milestones=(40, 80), batch_size=64, aux_weight=0.0)
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,13 @@ class Resources:
 @dataclass(frozen=True)
 class Profile:
     name: str
-    train: Recipe = Recipe()
-    semi: dict[str, Any] = field(default_factory=lambda: dict(PAPER_SEMI))  # changes to `train`
+    understand: Recipe = Recipe()
+    explore: Recipe = Recipe()
+    semi: Recipe = PAPER_SEMI
     # the notebooks' knobs
-    spaces_bn: tuple[int, ...] = (500, 5000, 50000)      # 01, 02
+    spaces_bn: tuple[int, ...] = (500, 5000, 50000)      # 01, 02 (and the tour: the first)
     spaces_unseen: tuple[int, ...] = (5, 50, 500, 5000)  # 04
+    space_collapse: int = 500                            # 03's S
     space_ensemble: int = 5                              # 05-07: NSA-id's S and T
     n_archs: int = 100                   # architectures evaluated per histogram
     t_max: int = 500                     # 03: ensemble sizes 1..t_max
@@ -54,52 +61,55 @@ class Profile:
     attack_size: int | None = None       # test images attacked; None = all
     ood_dataset: str = "svhn"
     ensemble_datasets: tuple[str, ...] = ("cifar10", "cifar100")
+    proxy_archs: int = 20                # 09: architectures trained alone and under shared weights
+    tour_archs: int = 20                 # 00: architectures per histogram
+    tour_test_size: int = 500            # 00: test images it scores them on
     slurm: Resources = Resources()
 
-    @property
-    def semi_recipe(self) -> Recipe:
-        return override(self.train, self.semi)
+    def recipe(self, name: str) -> Recipe:
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        return getattr(self, name)
 
-    def spec(self, kind: str, semi: str | None = None, **values: Any) -> ModelSpec:
-        """The spec of a model of `kind` trained as this profile says. `values` may name any
-        ModelSpec or Recipe field (typed like `override`); they win over the profile."""
-        return ModelSpec(kind=kind, recipe=self.semi_recipe if semi else self.train, semi=semi).with_(**values)
-
-    def with_overrides(self, values: dict[str, Any] | None) -> "Profile":
-        """Bare recipe keys go to `train`; 'semi.KEY' to the semi-supervised changes; the
-        notebooks' knobs by name."""
-        if not values:
-            return self
-        own = {f.name for f in fields(self)} - {"name", "train", "semi", "slurm"}
-        recipe_keys = {f.name for f in fields(Recipe)}
-        mine, recipe, semi = {}, {}, dict(self.semi)
-        for key, value in values.items():
-            if key.startswith("semi."):
-                name = key[len("semi."):]
-                if name not in recipe_keys:
-                    raise ValueError(f"unknown setting {key!r}; semi.KEY takes a recipe key")
-                semi[name] = value
-            elif key.startswith("train."):
-                recipe[key[len("train."):]] = value
-            elif key in recipe_keys:
-                recipe[key] = value
-            elif key in own:
-                mine[key] = value
-            else:
-                raise ValueError(f"unknown setting {key!r}; known: "
-                                 f"{', '.join(sorted(own | recipe_keys))} and semi.KEY")
-        out = override(self, mine)
-        out = replace(out, train=override(self.train, recipe), semi=semi)
-        out.semi_recipe   # type-check the semi-supervised changes now, not deep inside a run
-        return out
+    def spec(self, kind: str, recipe: str = "understand", semi: str | None = None, **values: Any) -> ModelSpec:
+        """The spec of a model of `kind` trained with the profile's recipe `recipe` (the semi
+        recipe when `semi` is given). `values` name ModelSpec fields or recipe keys; they win."""
+        own = {f.name for f in fields(ModelSpec)} - {"recipe"}
+        base = override(self.recipe("semi" if semi else recipe), {k: v for k, v in values.items() if k not in own})
+        return override(ModelSpec(kind=kind, recipe=base, semi=semi), {k: v for k, v in values.items() if k in own})
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings of the results (the SLURM resources are none of them)."""
+        """Every setting that shapes the results (the SLURM resources do not)."""
         d = asdict(self)
-        d["semi"] = asdict(self.semi_recipe)
         del d["slurm"]
         return d
 
+
+def override_profile(profile: Profile, values: dict[str, Any] | None) -> Profile:
+    """`profile` with `values` applied, each typed by the field it sets (config.override): a
+    bare recipe key goes to every recipe, 'RECIPE.KEY' to one, any other key to a knob."""
+    if not values:
+        return profile
+    recipe_keys = {f.name for f in fields(Recipe)}
+    dotted = {}
+    for key, value in values.items():
+        if key in recipe_keys:
+            dotted.update({f"{r}.{key}": value for r in RECIPES})
+        elif key.partition(".")[0] in {f.name for f in fields(Profile)} - {"name"}:
+            dotted[key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}; a recipe key ({', '.join(sorted(recipe_keys))}), "
+                             f"RECIPE.KEY for one of {', '.join(RECIPES)}, or a knob "
+                             f"({', '.join(sorted(f.name for f in fields(Profile) if f.name not in ('name', *RECIPES)))})")
+    return override(profile, dotted)
+
+
+TINY = Recipe(train_size=12800, test_size=1000, width=1.0, nodes=4, epochs=3, batch_size=64, schedule="linear",
+              warmup_epochs=0.25, milestones=(), cutout=0, eval_every=25)
+GPU = Recipe(width=4.0, nodes=8, epochs=60, milestones=(18, 36, 48))
+SMOKE = Recipe(dataset="synthetic", test_size=256, synthetic_size=1024, width=0.5, nodes=3, epochs=3, batch_size=64,
+               schedule="linear", warmup_epochs=0.3, milestones=(), labelled=200, eval_batch=256, log_every=4,
+               eval_every=8)
 
 PROFILES: dict[str, Profile] = {
     # paper: 300 epochs of the full set per model, more than a day's limit on many clusters:
@@ -121,12 +131,14 @@ PROFILES: dict[str, Profile] = {
     # them, since the cache shares models between notebooks.
     "tiny": Profile(
         name="tiny",
-        train=Recipe(train_size=12800, test_size=1000, width=1.0, nodes=4, epochs=3, batch_size=64,
-                     schedule="linear", warmup_epochs=0.25, milestones=(), cutout=0, eval_every=25),
-        semi=dict(epochs=2, milestones=(), batch_size=64, aux_weight=0.0, train_size=None,
-                  unlabelled=6400),
+        understand=TINY,
+        explore=TINY,
+        semi=replace(TINY, epochs=2, milestones=(), batch_size=64, aux_weight=0.0, train_size=None,
+                     unlabelled=6400),
         spaces_bn=(500, 5000), spaces_unseen=(5, 50, 500, 5000), space_ensemble=5,
         n_archs=20, t_max=50, mc_samples=10, attack_size=300,
+        # 09 takes 05's five individuals and the S = 5 models of 04 and 05: nothing of its own
+        proxy_archs=5,
         # a CPU profile: about 5 minutes per model on one core of the build machine
         slurm=Resources(time="2:00:00", mem_gb=8.0, gpus=0, cpus=1)),
     # gpu: the whole suite on one modern GPU in about two to three hours (UNMEASURED: no GPU
@@ -144,29 +156,30 @@ PROFILES: dict[str, Profile] = {
     # paper's milestones at the same fractions of training.
     "gpu": Profile(
         name="gpu",
-        train=Recipe(width=4.0, nodes=8, epochs=60, milestones=(18, 36, 48)),
-        semi=dict(PAPER_SEMI, epochs=20, milestones=(8, 16)),
+        understand=GPU,
+        explore=GPU,
+        semi=replace(GPU, **{k: getattr(PAPER_SEMI, k) for k in ("batch_size", "aux_weight")}, epochs=20,
+                     milestones=(8, 16)),
         attack_size=2000,
         # about 5 minutes per model estimated above; the limit leaves room for a slower GPU
         slurm=Resources(time="2:00:00", mem_gb=16.0, gpus=1, cpus=8)),
     "smoke": Profile(
         name="smoke",
-        train=Recipe(dataset="synthetic", test_size=256, synthetic_size=1024, width=0.5, nodes=3,
-                     epochs=3, batch_size=64, schedule="linear", warmup_epochs=0.3, milestones=(),
-                     labelled=200, eval_batch=256, log_every=4, eval_every=8),
-        semi=dict(epochs=2, milestones=(), batch_size=32, aux_weight=0.0),
-        spaces_bn=(5, 50), spaces_unseen=(5, 50), space_ensemble=3, n_archs=6, t_max=8,
+        understand=SMOKE,
+        explore=SMOKE,
+        semi=replace(SMOKE, epochs=2, batch_size=32, aux_weight=0.0),
+        spaces_bn=(5, 50), spaces_unseen=(5, 50), space_collapse=5, space_ensemble=3, n_archs=6, t_max=8,
         mc_samples=4, attack_size=64, ood_dataset="synthetic-ood", ensemble_datasets=("synthetic",),
+        proxy_archs=6, tour_archs=5, tour_test_size=256,
         slurm=Resources(time="0:15:00", mem_gb=4.0, gpus=0, cpus=1)),
 }
 
 
-def get_profile(name: str | None = None, overrides: dict[str, Any] | None = None) -> Profile:
-    """A profile by name (default: $NSA_PROFILE, else 'tiny'), with overrides applied."""
-    name = name or os.environ.get("NSA_PROFILE") or "tiny"
+def get_profile(name: str = "tiny", overrides: dict[str, Any] | None = None) -> Profile:
+    """A profile by name, with overrides applied (override_profile)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return PROFILES[name].with_overrides(overrides)
+    return override_profile(PROFILES[name], overrides)
 
 
 def at_paper_scale(profile: Profile, knobs: dict[str, Any] | None = None) -> bool:
@@ -177,8 +190,7 @@ def at_paper_scale(profile: Profile, knobs: dict[str, Any] | None = None) -> boo
         return {f.name: getattr(recipe, f.name) for f in fields(Recipe) if f.metadata.get("key", True)}
 
     paper = PROFILES["paper"]
-    same = (result_fields(profile.train) == result_fields(paper.train)
-            and result_fields(profile.semi_recipe) == result_fields(paper.semi_recipe)
-            and all(getattr(profile, f.name) == getattr(paper, f.name) for f in fields(Profile)
-                    if f.name not in ("name", "train", "semi", "slurm")))
+    same = all(result_fields(profile.recipe(r)) == result_fields(paper.recipe(r)) for r in RECIPES) and \
+        all(getattr(profile, f.name) == getattr(paper, f.name) for f in fields(Profile)
+            if f.name not in ("name", "slurm", *RECIPES))
     return same and all(value == paper_value for value, paper_value in (knobs or {}).values())

@@ -21,8 +21,8 @@ from urllib.parse import quote
 import pandas as pd
 
 from . import runtime
-from .claims import (CLAIM_KINDS, CONFIDENCE, FAILS, HOLDS, INCONCLUSIVE, N_RESAMPLES, NOT_COMPARABLE,
-                     PAPER_CLAIM, PLURAL, tally)
+from .claims import (CONFIDENCE, CONVERGED_CHANGE, FAILS, HOLDS, INCONCLUSIVE, N_RESAMPLES, NOT_COMPARABLE,
+                     PAPER_CLAIM, UNDERPOWERED, markdown_table, tally_sentence)
 from .experiment import CLAIM_FIELDS
 from . import paths
 from .paths import repo_root, results_dir
@@ -91,10 +91,11 @@ def for_notebooks(path: Path) -> str:
         return str(path)
 
 
-def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[str] | None = None,
-              report: bool = True, sets: dict[str, Any] | None = None) -> int:
+def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: list[str] | None = None,
+              report: bool = True, sets: dict[str, Any] | None = None,
+              settings: runtime.Settings = runtime.Settings()) -> int:
     """Run the notebooks of `profile`; returns the exit code (0 ok, 1 a notebook failed,
-    2 a usage error caught before anything ran)."""
+    2 a usage error caught before anything ran). The kernels run with `settings`."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
@@ -133,7 +134,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
     # Kernels inherit the environment. Training bars redraw at most every 2 s, else the
     # executed copies of a long run carry megabytes of progress updates.
     os.environ.setdefault("TQDM_MININTERVAL", "2")
-    os.environ.update(runtime.child_environment())   # the kernels keep freed memory too
+    os.environ.update(runtime.child_environment(settings))   # the kernels run as this process was told
     for i, nb in enumerate(selected, 1):
         out = executed / nb.name
         print(f"nsa: [{i}/{len(selected)}] {nb.stem} ({prof.name}) -> {_shown(out)}", file=sys.stderr)
@@ -157,6 +158,7 @@ def reproduce(profile: str | None, data_dir: str | None = None, notebooks: list[
                   file=sys.stderr)
             return 130
         _relative_paths(out)
+        remove_orphans(results / prof.name / nb.stem)
         timings[nb.stem] = time.time() - t0
         save_timings(results / prof.name, {nb.stem: timings[nb.stem]})   # kept if a later one fails
     if report:
@@ -183,6 +185,22 @@ def _relative_paths(executed: Path) -> None:
             except ValueError:   # outside the checkout: nothing of it to keep relative
                 pass
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete what an earlier run of a notebook wrote and this run did not (a renamed figure,
+    a table no longer made): its claims.json lists every figure and table it wrote. Returns
+    the deleted files."""
+    record = folder / "claims.json"
+    if not record.is_file():
+        return []
+    r = json.loads(record.read_text())
+    keep = {record.name} | {Path(f).name for f in r["figures"]} | {Path(f).with_suffix(".svg").name for f in r["figures"]}
+    keep |= {Path(t).name for t in r["tables"]}
+    gone = [f for f in folder.iterdir() if f.is_file() and f.name not in keep]
+    for f in gone:
+        f.unlink()
+    return gone
 
 
 # timings.json's entry for `train-all`, the plan's models trained before the notebooks run
@@ -223,22 +241,17 @@ def _hardware() -> list[str]:
 
 
 def _flat_settings(settings: dict[str, Any]) -> list[list[Any]]:
-    """One row per setting: the supervised recipe as train.KEY, the semi-supervised one as
-    semi.KEY where it differs from it, then the notebooks' knobs."""
-    train, semi = settings.get("train", {}), settings.get("semi", {})
-    rows = [[f"train.{k}", v] for k, v in train.items()]
-    rows += [[f"semi.{k}", v] for k, v in semi.items() if train.get(k) != v]
-    return rows + [[k, v] for k, v in settings.items() if k not in ("train", "semi")]
-
-
-def _cell(value: Any) -> str:
-    return " ".join(str(value).split()).replace("|", "\\|")
+    """One row per setting: the understanding recipe as understand.KEY, the others as
+    explore.KEY and semi.KEY where they differ from it, then the profile's knobs."""
+    recipes = ("understand", "explore", "semi")
+    base = settings.get("understand", {})
+    rows = [[f"understand.{k}", v] for k, v in base.items()]
+    rows += [[f"{r}.{k}", v] for r in recipes[1:] for k, v in settings.get(r, {}).items() if base.get(k) != v]
+    return rows + [[k, v] for k, v in settings.items() if k not in recipes]
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return lines
+    return markdown_table(rows, header).splitlines()
 
 
 def _minutes(seconds: float) -> str:
@@ -247,25 +260,36 @@ def _minutes(seconds: float) -> str:
 
 def _tally_lines(claims: pd.DataFrame) -> list[str]:
     """The verdict counts, the paper's claims apart from the rest."""
-    t = tally(claims)
-    lines = []
-    for kind in CLAIM_KINDS:
-        if kind in t.index:
-            row = t.loc[kind]
-            lines.append(f"- **{PLURAL[kind]}: {row.sum()}**: {row[HOLDS]} hold, {row[FAILS]} do not hold, "
-                         f"{row[INCONCLUSIVE]} inconclusive, {row[NOT_COMPARABLE]} not comparable at this profile")
-    return [f"**{len(claims)} claims tested.**", "", *lines] if lines else ["No claims recorded."]
+    if not len(claims):
+        return ["No claims recorded."]
+    return [f"**{len(claims)} claims tested.** " + tally_sentence(claims) + "."]
 
 
 def _verdict_legend() -> list[str]:
     return [f"Every reproduced number that decides a verdict carries a {100 * CONFIDENCE:g} % bootstrap interval "
             f"({N_RESAMPLES} resamples of the test images, or of the architectures where the number is over "
-            "architectures; orderings are paired on the same test images). A verdict is taken on the interval of "
-            f"the difference in the paper's direction: *{HOLDS}* (it excludes zero on the paper's side), "
-            f"*{FAILS}* (it excludes zero on the other side), *{INCONCLUSIVE}* (it includes zero), or "
-            f"*{NOT_COMPARABLE}* (absolute levels away from the paper's scale; claims about trained models "
-            "where the compared models did not converge). The rule says how each was judged; the kind "
-            "separates the paper's claims from those beyond the paper and from sanity checks."]
+            "architectures; orderings are paired). Where a statistic is biased so that the percentile interval "
+            "would exclude its own estimate, the interval is bias-corrected and contains it. A verdict is taken on "
+            f"the interval: *{HOLDS}* (it lies on the paper's side of zero, or within the tolerance of an "
+            f"equivalence), *{FAILS}* (on the other side, or outside the tolerance), *{INCONCLUSIVE}* (it "
+            f"includes zero), *{UNDERPOWERED}* (its half-width exceeds the tolerance the claim needs: too few "
+            f"architectures or images to tell), *{NOT_COMPARABLE}* (absolute levels away from the paper's scale, "
+            "or models that the claim's training gate rejects). The training gate: claims comparing models of "
+            "one recipe are judged at matched budgets; claims quoting trained models need every model converged "
+            f"(the test-accuracy slope over the last fifth of training, times that fifth, within "
+            f"+-{CONVERGED_CHANGE}, interval included). The kind separates the paper's claims from those beyond "
+            "the paper and from sanity checks."]
+
+
+def changed_verdicts(old: pd.DataFrame, new: pd.DataFrame) -> list[list[Any]]:
+    """Rows (notebook, statement, old verdict, new verdict, old rule, new rule) of the claims,
+    matched by notebook and statement, whose verdict differs between two claims tables; a
+    claim in only one of them shows '-' on the other side."""
+    key = ["notebook", "statement"]
+    both = old[key + ["verdict", "rule"]].merge(new[key + ["verdict", "rule"]], on=key, how="outer",
+                                                suffixes=(" old", " new")).fillna("-")
+    both = both[both["verdict old"] != both["verdict new"]]
+    return both[key + ["verdict old", "verdict new", "rule old", "rule new"]].values.tolist()
 
 
 def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path | None) -> list[str]:
@@ -281,8 +305,8 @@ def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path 
         rows.append([it.label, it.spec.space, it.spec.recipe.dataset, " ".join(n[:2] for n in it.notebooks),
                      *([final["epochs"], f"{100 * final['test_acc']:.1f} %", _minutes(final["seconds"])]
                        if final else ["", it.describe(), ""])])
-    return ["Final test accuracy: BN in test mode, architectures drawn as the model was trained, on the "
-            "profile's test images (the trainer's last evaluation, `history.csv`); training time: the "
+    return ["Final test accuracy: BN in test mode, architectures drawn as the model was trained (NSA: one per "
+            "test batch of 128 images, as the authors test), on the profile's test images (the trainer's last evaluation, `history.csv`); training time: the "
             "model's own, in its worker.", "",
             *_table(rows, ["model", "S", "data", "notebooks", "epochs", "test accuracy", "training time"])]
 
@@ -300,6 +324,7 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     rows = [{"notebook": r["notebook"], **{k: c.get(k, PAPER_CLAIM) for k in CLAIM_FIELDS}}
             for r in records for c in r["claims"]]
     claims = pd.DataFrame(rows, columns=["notebook", *CLAIM_FIELDS])
+    previous = pd.read_csv(folder / "claims.csv") if (folder / "claims.csv").is_file() else None
     claims.to_csv(folder / "claims.csv", index=False)
 
     # the replications' settings: the tour (no claims) trains with its own small ones
@@ -332,6 +357,11 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
         md += _table(knobs, ["notebook", "setting", "this run", "paper"])
     md += ["", "## Claims", "", *_verdict_legend(), ""]
     md += _table(claims.values.tolist(), list(claims.columns))
+    if previous is not None and "rule" in previous:
+        changed = changed_verdicts(previous, claims)
+        md += ["", "### Verdicts changed since the previous report", ""]
+        md += _table(changed, ["notebook", "statement", "before", "now", "rule before", "rule now"]) if changed \
+            else ["None."]
     notes = [(r["notebook"], n) for r in records for n in r["notes"]]
     md += ["", "## Notes", ""]
     md += [f"- {nb}: {n}" for nb, n in notes] or ["None."]

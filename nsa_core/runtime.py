@@ -1,6 +1,8 @@
-"""The machine a run uses: the device, the numeric precision, torch.compile of the nodes,
-and the process-wide memory setting. Nothing here runs at import; the entry points (the CLI,
-the trainer, `reproduce`, the benchmark) call what they need.
+"""The machine a run uses: the device, the numeric precision, and how this machine runs the
+suite (`Settings`: the stage path, torch.compile of the nodes, the process-wide memory
+setting). Nothing here runs at import. The environment is read once, at the entry points
+(the CLI, a notebook's setup, `reproduce`, the benchmark, a train-all worker), into a
+Settings that they hand down; the library below them reads no environment variable.
 """
 from __future__ import annotations
 
@@ -8,12 +10,54 @@ import ctypes
 import os
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
+from typing import ContextManager, Mapping
 
 import torch
 
 from .network import WiredNet
+
+STAGE_PATHS = ("auto", "fast", "reference")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this machine runs the suite; the defaults are what the entry points use when the
+    environment says nothing (NSA_STAGE, NSA_COMPILE, NSA_MALLOC).
+
+    stage: 'fast' (fast_stage's gathers), 'reference' (network.Stage's readable loop) or
+      'auto': fast on the CPU, where `make bench` measured it 1.05x (a fixed wiring) to 1.37x
+      (NSA-id) the reference, and the reference on CUDA, where the two have not been compared
+      (bench/gpu_check.sh times both).
+    compile: '1' torch.compile every node, '0' not, 'auto' on CUDA only (on the CPU each
+      model first waits about 25 s for the compiler, for 2-12 % faster steps at width 1).
+    keep_freed: the entry points let the process keep the memory it frees (keep_freed_memory)."""
+    stage: str = "auto"
+    compile: str = "auto"
+    keep_freed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_PATHS:
+            raise ValueError(f"NSA_STAGE must be one of {', '.join(STAGE_PATHS)}, got {self.stage!r}")
+        if self.compile not in ("auto", "0", "1"):
+            raise ValueError(f"NSA_COMPILE must be 0, 1 or auto, got {self.compile!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(stage=env.get("NSA_STAGE", "auto"), compile=env.get("NSA_COMPILE", "auto"),
+                   keep_freed=env.get("NSA_MALLOC", "1") != "0")
+
+    def fast_stage(self, dev: torch.device) -> bool:
+        return self.stage == "fast" or (self.stage == "auto" and dev.type == "cpu")
+
+    def compiles(self, dev: torch.device) -> bool:
+        return self.compile == "1" or (self.compile == "auto" and dev.type == "cuda")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as the variables a child process (a notebook kernel, a worker) reads."""
+        return {"NSA_STAGE": self.stage, "NSA_COMPILE": self.compile, "NSA_MALLOC": "1" if self.keep_freed else "0"}
 
 # glibc's own switches for the same setting, for processes this package does not start
 # (papermill's kernels inherit the environment): no mmap for large blocks, no trimming.
@@ -65,16 +109,11 @@ def autocast(dev: torch.device, asked: str = "auto") -> ContextManager:
     return nullcontext()
 
 
-def compile_nodes(model: WiredNet, dev: torch.device) -> WiredNet:
-    """torch.compile every operation node (conv, dropout, BN) in place when $NSA_COMPILE is 1
-    (default: 1 on CUDA, 0 on CPU, where each model first waits about 25 s for the compiler
-    and NSA-id gains about 12 %, a fixed network 2 %; measured at width 1 on 2 cores).
-    Only the nodes: which inputs a node aggregates is a host-side choice per batch, a Python
-    branch that would recompile a whole-model graph."""
-    flag = os.environ.get("NSA_COMPILE", "1" if dev.type == "cuda" else "0")
-    if flag not in ("0", "1"):
-        raise ValueError(f"NSA_COMPILE must be 0 or 1, got {flag!r}")
-    if flag == "1":
+def compile_nodes(model: WiredNet, dev: torch.device, settings: Settings = Settings()) -> WiredNet:
+    """torch.compile every operation node (conv, dropout, BN) in place when the settings say
+    so. Only the nodes: which inputs a node aggregates is a host-side choice per batch, a
+    Python branch that would recompile a whole-model graph."""
+    if settings.compiles(dev):
         # one cache entry per (stage width, train/eval, grad mode, BN mode) the run meets
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for stage in model.stages:
@@ -83,7 +122,7 @@ def compile_nodes(model: WiredNet, dev: torch.device) -> WiredNet:
     return model
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(settings: Settings = Settings()) -> bool:
     """Let this process keep the memory it frees (glibc only; NSA_MALLOC=0 opts out).
 
     PyTorch's CPU tensors come straight from malloc, and glibc hands every block above
@@ -93,7 +132,7 @@ def keep_freed_memory() -> bool:
     the faults per step with and without). The price: the process keeps its peak memory
     until it exits, which is why only the suite's entry points call this, never an import.
     Returns whether the setting was applied."""
-    if sys.platform != "linux" or os.environ.get("NSA_MALLOC", "1") == "0":
+    if sys.platform != "linux" or not settings.keep_freed:
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
@@ -105,10 +144,10 @@ def keep_freed_memory() -> bool:
     return True
 
 
-def child_environment() -> dict[str, str]:
-    """The environment for processes the suite starts (notebook kernels, workers): the same
-    memory setting through glibc's tunables, unless NSA_MALLOC=0."""
-    env = dict(os.environ)
-    if env.get("NSA_MALLOC", "1") != "0" and "GLIBC_TUNABLES" not in env:
+def child_environment(settings: Settings = Settings()) -> dict[str, str]:
+    """The environment for processes the suite starts (notebook kernels, workers): these
+    settings, and the memory setting through glibc's tunables unless it is off."""
+    env = {**os.environ, **settings.as_env()}
+    if settings.keep_freed and "GLIBC_TUNABLES" not in env:
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     return env

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import submitit
 import torch
 
+from . import runtime
 from .config import ModelSpec
 
 if TYPE_CHECKING:   # the workers unpickle this module: they need not import the notebooks' helpers
@@ -154,8 +155,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         spec = ModelSpec.from_json(self.spec_json)
         print(f"nsa: training {spec.key} with {self.threads} thread(s) on {self.device or 'the default device'}",
               flush=True)
+        settings = runtime.Settings.from_env()   # a worker is an entry point: it reads the environment
+        runtime.keep_freed_memory(settings)
         try:
-            got = obtain(spec, self.models_dir, self.data_dir, self.device, progress=False, signals=policy)
+            got = obtain(spec, self.models_dir, self.data_dir, self.device, progress=False, signals=policy,
+                         settings=settings)
         except KeyboardInterrupt:   # the trainer's Interrupted: its checkpoint is written
             return dict(state=INTERRUPTED, seconds=time.time() - t0)
         return dict(state=got.how, seconds=time.time() - t0, test_acc=float(got.history.test_acc.iloc[-1]),

@@ -113,50 +113,83 @@ def normalise(wiring: np.ndarray) -> np.ndarray:
     return a / a.sum(-1, keepdims=True)
 
 
-def _draw_stage(ax, wiring: np.ndarray, stage: int) -> None:
-    """One stage DAG on `ax`: nodes on a line, chain edges straight, skip edges arcing."""
-    import networkx as nx
+# ------------------------------------------------------------------------ drawings
+CHAIN_COLOUR, SKIP_COLOUR = "#555555", "#c0392b"
+
+
+def _draw_graph(ax, wiring: np.ndarray, title: str) -> None:
+    """One stage DAG on `ax`: vertices on a line (0 the stage input, k node k, N+1 the
+    output; row i of the matrix is vertex i + 1, column j vertex j), chain edges straight
+    (grey), skip edges arcing (red)."""
     from matplotlib.patches import FancyArrowPatch
 
-    n1 = wiring.shape[-1]
-    g = nx.DiGraph()
-    labels = {0: "in", n1: "out"} | {k: str(k) for k in range(1, n1)}
-    g.add_nodes_from(range(n1 + 1))
-    # Row i consumes column j; as a graph vertex, consumer row i is vertex i + 1.
-    g.add_edges_from((j, i + 1) for i, j in zip(*np.nonzero(wiring)))
-    pos = {v: (v, 0.0) for v in g}
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=260, node_color="#cfe3f7", edgecolors="#2b5d8a")
-    nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=7)
-    for u, v in g.edges:
+    n1 = wiring.shape[0]
+    ax.scatter(range(n1 + 1), np.zeros(n1 + 1), s=330, c="#cfe3f7", edgecolors="#2b5d8a", zorder=3)
+    for v in range(n1 + 1):
+        ax.text(v, 0, "in" if v == 0 else "out" if v == n1 else str(v), ha="center", va="center", fontsize=7, zorder=4)
+    for i, j in zip(*np.nonzero(wiring)):
+        u, v = j, i + 1
         skip = v - u > 1
-        ax.add_patch(FancyArrowPatch(pos[u], pos[v], arrowstyle="-|>", mutation_scale=8,
-                                     connectionstyle=f"arc3,rad={-0.5 if skip else 0}",
-                                     color="#c0392b" if skip else "#555", lw=0.9,
-                                     shrinkA=7, shrinkB=7))
-    ax.set_title(f"stage {stage + 1}: {int(wiring.sum() - n1)} skip edges", fontsize=9)
+        ax.add_patch(FancyArrowPatch((u, 0), (v, 0), arrowstyle="-|>", mutation_scale=9, lw=1.0,
+                                     connectionstyle=f"arc3,rad={-0.45 if skip else 0}",
+                                     color=SKIP_COLOUR if skip else CHAIN_COLOUR, shrinkA=8, shrinkB=8))
     ax.set_xlim(-0.6, n1 + 0.6)
-    ax.set_ylim(-0.4, 2.2)
+    # equal aspect keeps arcs round; the widest (rad 0.45 over n1 nodes) rises 0.225 n1
+    ax.set_ylim(-0.4, 0.23 * n1 + 0.3)
+    ax.set_aspect("equal")
     ax.axis("off")
+    skips = int(wiring.sum()) - n1
+    ax.set_title(f"{title}\n{skips} skip edge{'' if skips == 1 else 's'}", fontsize=9)
 
 
-def draw_architecture(arch: np.ndarray, title: str | None = None):
-    """Draw the three stage DAGs of an architecture (the paper's Fig. 1) and return the
-    matplotlib figure. Nodes sit on a line; chain edges are straight, skip edges arc."""
-    return draw_architectures({title or "": arch})
+def _draw_matrix(ax, wiring: np.ndarray) -> None:
+    """The wiring as its 0/1 matrix, in the graph's colours; the upper triangle (which must
+    stay 0: no node reads a later output) shaded."""
+    n1 = wiring.shape[0]
+    rgb = np.ones((n1, n1, 3))
+    rgb[np.triu(np.ones((n1, n1), bool), k=1)] = (0.93, 0.93, 0.93)
+    rgb[np.eye(n1, dtype=bool)] = (0.62, 0.62, 0.62)
+    rgb[np.tril(wiring.astype(bool), k=-1)] = (0.94, 0.60, 0.55)
+    ax.imshow(rgb)
+    for i in range(n1):
+        for j in range(i + 1):
+            ax.text(j, i, str(wiring[i, j]), ha="center", va="center", fontsize=8,
+                    color="black" if wiring[i, j] else "#999999")
+    ax.set_xticks(range(n1), ["in"] + [str(k) for k in range(1, n1)], fontsize=7)
+    ax.set_yticks(range(n1), [str(k) for k in range(1, n1)] + ["out"], fontsize=7)
+    ax.set_xlabel("producer (column)", fontsize=8)
+    ax.set_ylabel("consumer (row)", fontsize=8)
+    ax.grid(False)
+
+
+def draw_wirings(wirings: dict[str, np.ndarray], title: str | None = None):
+    """One column per stage wiring (title -> 0/1 matrix (N+1, N+1)): the wiring as a graph on
+    top and as its matrix below, in the same colours, so a reader can go from one to the other."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(wirings), figsize=(3.6 * len(wirings), 5.2), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 2.4]})
+    for col, (name, wiring) in enumerate(wirings.items()):
+        a = validate_wiring(wiring)
+        _draw_graph(axes[0, col], a, name)
+        _draw_matrix(axes[1, col], a)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def draw_architectures(archs: dict[str, np.ndarray]):
     """Several architectures in one figure (the paper's Fig. 1), one row each (title ->
-    architecture), its three stage DAGs side by side under the row's title."""
+    architecture), its three stage graphs side by side under the row's title."""
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(4.2 * STAGES, 2.5 * len(archs)), layout="constrained")
+    fig = plt.figure(figsize=(4.2 * STAGES, 2.2 * len(archs)), layout="constrained")
     rows = fig.subfigures(len(archs), 1, squeeze=False)[:, 0]
     for row, (title, arch) in zip(rows, archs.items()):
         arch = validate_architecture(arch)
-        axes = row.subplots(1, STAGES)
-        for s, ax in enumerate(np.atleast_1d(axes)):
-            _draw_stage(ax, arch[s], s)
+        for s, ax in enumerate(np.atleast_1d(row.subplots(1, STAGES))):
+            _draw_graph(ax, arch[s], f"stage {s + 1}")
         if title:
             row.suptitle(title, fontsize=10, fontweight="bold")
     return fig

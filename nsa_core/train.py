@@ -31,8 +31,7 @@ from . import paths, runtime
 from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, remove_stale_temporaries, rng_state,
                          rotate, set_rng_state, write_manifest)
 from .config import ModelSpec
-from .kinds import draw_archs
-from .models import build
+from .kinds import TEST_BATCH, build, draw_archs
 from .network import WiredNet
 from .step import lr_factor, optimizer, rampup, semi_step, supervised_step
 
@@ -141,7 +140,8 @@ class Run:
                              "threads": torch.get_num_threads(), "progress": self.progress})
 
 
-def prepare(spec: ModelSpec, folder: Path, data_dir=None, device=None) -> Run:
+def prepare(spec: ModelSpec, folder: Path, data_dir=None, device=None,
+            settings: runtime.Settings = runtime.Settings()) -> Run:
     """Data, a fresh model and optimiser, and the random streams of `spec`."""
     dev = runtime.device(device)
     data = load_data(spec, data_dir, dev)   # first: missing data leaves no empty model folder
@@ -153,10 +153,10 @@ def prepare(spec: ModelSpec, folder: Path, data_dir=None, device=None) -> Run:
         failed.unlink()
     (folder / "spec.json").write_text(spec.to_json())
     torch.manual_seed(spec.seed)  # the initial weights, and dropout's stream
-    model = build(spec, len(data.classes)).to(dev)
+    model = build(spec, len(data.classes), fast=settings.fast_stage(dev)).to(dev)
     # channels_last is the layout cuDNN and oneDNN convolutions want (on the CPU too: about
     # 1.2x faster steps); NCHW inputs are fine, the stem's output follows its weights
-    model = runtime.compile_nodes(model.to(memory_format=torch.channels_last), dev)
+    model = runtime.compile_nodes(model.to(memory_format=torch.channels_last), dev, settings)
     gens = {"data": torch.Generator().manual_seed(spec.seed + 1),
             "arch": torch.Generator().manual_seed(spec.seed + 2),
             "aug": torch.Generator(device=dev).manual_seed(spec.seed + 3)}
@@ -291,11 +291,13 @@ def curve_point(run: Run, g: int, test_loss: float, test_acc: float) -> None:
 @torch.no_grad()
 def test_pass(run: Run, generator: torch.Generator) -> tuple[float, float]:
     """Test loss and accuracy with BN in test mode and architectures drawn the way the model
-    was trained (Figs. 2 and 3 plot exactly this)."""
+    was trained (Figs. 2 and 3 plot exactly this): one per example for NSA-i, and for NSA one
+    per kinds.TEST_BATCH test images, the authors' test batch (so a point of the curve averages
+    n / 128 architectures, not the one or two of a forward's batch)."""
     model, data, batch = run.model, run.data, run.spec.recipe.eval_batch
     model.eval()
     n = len(data.y_test)
-    archs = draw_archs(run.spec.sampling, model.num_archs, n, batch, generator)
+    archs = draw_archs(run.spec.sampling, model.num_archs, n, TEST_BATCH, generator)
     loss = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device)
     for s in range(0, n, batch):
@@ -358,13 +360,13 @@ def finish(run: Run) -> pd.DataFrame:
 
 
 def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: bool = True,
-          on_step: Callable[[int], None] | None = None,
-          signals: StopSignals | None = None) -> tuple[WiredNet, pd.DataFrame]:
+          on_step: Callable[[int], None] | None = None, signals: StopSignals | None = None,
+          settings: runtime.Settings = runtime.Settings()) -> tuple[WiredNet, pd.DataFrame]:
     """Train (or resume) the model of `spec` in `folder`; returns the model and its history.
     `on_step(step)` is called after every optimiser step (tests use it to kill the run);
-    `signals`: how the run answers signals (StopSignals; default SIGINT and SIGTERM stop it)."""
-    runtime.keep_freed_memory()
-    run = prepare(spec, Path(folder), data_dir, device)
+    `signals`: how the run answers signals (StopSignals; default SIGINT and SIGTERM stop it);
+    `settings`: how this machine runs it (runtime.Settings, read by the entry points)."""
+    run = prepare(spec, Path(folder), data_dir, device, settings)
     try:
         return _run(run, progress, on_step, signals)
     except Exception as e:   # a failed run's folder says why; an interrupted one just resumes

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nsa_core import attacks, data as D, evaluate as E, space as sp, train as T
+from nsa_core import attacks, data as D, evaluate as E, explore as X, kinds as K, metrics, space as sp, train as T
 from nsa_core.network import NetConfig, WiredNet
+from nsa_core.profiles import get_profile
 
 NORM = "synthetic"
 
@@ -57,7 +58,13 @@ CALLS = {
     "arch_scores-test": lambda m, x, y, xt: E.arch_scores(m, x, y, NORM, batch=50),
     "member_probs": lambda m, x, y, xt: E.member_probs(m, x, NORM, batch=50),
     "batch_mean_variance": lambda m, x, y, xt: E.batch_mean_variance(m, xt, NORM, "example", batches=3, batch_size=32),
-    "attack_report": lambda m, x, y, xt: E.attack_report(m, x[:16], y[:16], NORM, attacks.PGD.from_name("PGD2-3-1"), batch=40),
+    "attack_outcomes": lambda m, x, y, xt: X.attack_outcomes(m, x[:16], y[:16], NORM, attacks.PGD.from_name("PGD2-3-1"),
+                                                          batch=40),
+    "attacked_members-fixed": lambda m, x, y, xt: E.attacked_members(m, x[:16], y[:16], NORM,
+                                                                     attacks.PGD.from_name("PGD2-3-1"), batch=40,
+                                                                     fresh=False),
+    "member_probs-fresh": lambda m, x, y, xt: E.member_probs(m, x, NORM, batch=50, fresh=True, seed=1),
+    "arch_scores-train-mixed": lambda m, x, y, xt: E.arch_scores(m, x, y, NORM, bn="train", batch=50, mixed=True),
 }
 
 
@@ -80,8 +87,8 @@ def test_mc_dropout_leaves_the_model_and_the_callers_rng_untouched(dropout_net):
     saved, flags = _state(dropout_net), [m.training for m in dropout_net.modules()]
     rng = torch.get_rng_state()
     E.mc_dropout_probs(dropout_net, x, NORM, samples=3, batch=20)
-    E.attack_report(dropout_net, x, torch.zeros(16, dtype=torch.long), NORM,
-                    attacks.PGD.from_name("PGD1-2-1"), mc_samples=3, batch=24)
+    X.attack_outcomes(dropout_net, x, torch.zeros(16, dtype=torch.long), NORM,
+                      attacks.PGD.from_name("PGD1-2-1"), mc_samples=3, batch=24)
     _assert_untouched(dropout_net, saved, flags)
     assert torch.equal(torch.get_rng_state(), rng)
 
@@ -280,35 +287,161 @@ def test_pgd_on_the_ensemble_stays_in_the_ball(smoke):
     assert x_adv.min() >= 0 and x_adv.max() <= 1 and not torch.equal(x_adv, xu)
 
 
-def test_attack_report_accuracy_falls_with_the_budget(smoke):
-    """On one fixed set of members (the deterministic variant) clean accuracy is the same for
-    every budget and accuracy under attack falls as the budget grows."""
+def _accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """The ensemble's accuracy: its members' mean prediction [T, N, C] against labels [N]."""
+    return (probs.mean(0).argmax(1) == y).double().mean().item()
+
+
+def test_attacked_members_accuracy_falls_with_the_budget(smoke):
+    """On one fixed set of members (the deterministic variant) the clean predictions are the
+    same for every budget and accuracy under attack falls as the budget grows; the attack is
+    reproducible."""
     model, x, y, _ = smoke
-    reports = [E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name(a), batch=100, seed=0,
-                               fresh=False) for a in attacks.PAPER_ATTACKS]
-    assert [r["attack"] for r in reports] == list(attacks.PAPER_ATTACKS)
-    assert all(r["n"] == 32 and 0 <= r["auc"] <= 1 for r in reports)
-    assert len({r["acc_clean"] for r in reports}) == 1
-    accs = [reports[0]["acc_clean"]] + [r["acc_adv"] for r in reports]
+    runs = [E.attacked_members(model, x[:32], y[:32], NORM, attacks.PGD.from_name(a), batch=100, seed=0, fresh=False)
+            for a in attacks.PAPER_ATTACKS]
+    for p_clean, p_adv, labels in runs:
+        assert p_clean.shape == p_adv.shape == (model.num_archs, 32, 10)
+        assert torch.equal(labels, y[:32])
+        torch.testing.assert_close(p_adv.sum(2), torch.ones(model.num_archs, 32))
+    assert all(torch.equal(r[0], runs[0][0]) for r in runs)     # clean: the same members, the same numbers
+    accs = [_accuracy(runs[0][0], y[:32])] + [_accuracy(p_adv, y[:32]) for _, p_adv, _ in runs]
     assert all(a >= b for a, b in zip(accs, accs[1:])), accs
     assert accs[-1] < accs[0]
-    again = E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name("PGD1-2-1"), batch=100, seed=0,
-                            fresh=False)
-    assert again == reports[0]
+    again = E.attacked_members(model, x[:32], y[:32], NORM, attacks.PGD.from_name(attacks.PAPER_ATTACKS[0]),
+                               batch=100, seed=0, fresh=False)
+    assert all(torch.equal(a, b) for a, b in zip(again, runs[0]))
 
 
-def test_fresh_attack_report_is_reproducible_by_seed(smoke):
+def _same_outcomes(a: dict, b: dict) -> bool:
+    return a["summary"] == b["summary"] and all(np.array_equal(a[k], b[k]) for k in a if k != "summary")
+
+
+def test_attack_outcomes_summarise_the_attacked_members(smoke):
+    """explore.attack_outcomes keeps per image what attacked_members gives (the authors' fresh
+    members): correctness of the ensemble's mean prediction and mutual information, and a
+    summary of them."""
     model, x, y, _ = smoke
-    run = lambda seed: E.attack_report(model, x[:32], y[:32], NORM, attacks.PGD.from_name("PGD3-4-1"),  # noqa: E731
-                                       batch=100, seed=seed)
+    attack = attacks.PGD.from_name("PGD2-3-1")
+    out = X.attack_outcomes(model, x[:32], y[:32], NORM, attack, batch=100, seed=2)
+    p_clean, p_adv, labels = E.attacked_members(model, x[:32], y[:32], NORM, attack, batch=100, seed=2)
+    np.testing.assert_array_equal(out["correct_clean"], (p_clean.mean(0).argmax(1) == labels).numpy())
+    np.testing.assert_array_equal(out["correct_adv"], (p_adv.mean(0).argmax(1) == labels).numpy())
+    np.testing.assert_allclose(out["mi_adv"], metrics.mutual_information(p_adv).numpy())
+    summary = out["summary"]
+    assert (summary["attack"], summary["eps"], summary["n"]) == ("PGD2-3-1", attack.eps, 32)
+    assert summary["acc_clean"] == pytest.approx(_accuracy(p_clean, labels))
+    assert summary["acc_adv"] == pytest.approx(_accuracy(p_adv, labels))
+    assert summary["auc"] == pytest.approx(metrics.auc(out["mi_clean"], out["mi_adv"])) and 0 <= summary["auc"] <= 1
+
+
+def test_fresh_attack_is_reproducible_by_seed(smoke):
+    """The authors' attack draws fresh members in every forward: the same seed gives the same
+    outcomes, another seed other draws."""
+    model, x, y, _ = smoke
+    run = lambda seed: X.attack_outcomes(model, x[:32], y[:32], NORM, attacks.PGD.from_name("PGD3-4-1"),  # noqa: E731
+                                         batch=100, seed=seed)
     a = run(0)
-    assert a == run(0) and a["acc_adv"] < a["acc_clean"]
+    assert _same_outcomes(a, run(0)) and a["summary"]["acc_adv"] < a["summary"]["acc_clean"]
+    assert not np.array_equal(a["mi_clean"], run(1)["mi_clean"])
 
 
-def test_attack_report_mc_dropout(dropout_net):
+def test_attack_outcomes_mc_dropout(dropout_net):
     data = D.synthetic("test", 16, seed=0)
-    r = E.attack_report(dropout_net, data.images, data.labels, NORM, attacks.PGD.from_name("PGD3-4-1"),
-                        mc_samples=3, batch=24, seed=1)
-    assert r["acc_adv"] <= r["acc_clean"] and r["n"] == 16 and r["eps"] == pytest.approx(3 / 255)
-    assert r == E.attack_report(dropout_net, data.images, data.labels, NORM, attacks.PGD.from_name("PGD3-4-1"),
-                                mc_samples=3, batch=24, seed=1)
+    run = lambda: X.attack_outcomes(dropout_net, data.images, data.labels, NORM,  # noqa: E731
+                                    attacks.PGD.from_name("PGD3-4-1"), mc_samples=3, batch=24, seed=1)
+    r = run()
+    s = r["summary"]
+    assert s["acc_adv"] <= s["acc_clean"] and s["n"] == 16 and s["eps"] == pytest.approx(3 / 255)
+    assert len(r["mi_clean"]) == 16 and (r["mi_clean"] > 0).all()    # dropout members disagree
+    assert _same_outcomes(r, run())
+
+
+# ------------------------------------------------------ architectures drawn as trained
+
+def test_member_probs_fresh_draws_members_per_image(smoke):
+    """fresh=True (the authors' ensemble for OOD): member t of image i is an architecture drawn
+    for that image on its own, with replacement, reproducibly by seed; not the distinct
+    architectures in order."""
+    model, x, _, _ = smoke
+    distinct = E.member_probs(model, x, NORM, batch=70)                       # [S, N, C]
+    fresh = E.member_probs(model, x, NORM, batch=70, fresh=True, seed=3)
+    assert fresh.shape == distinct.shape
+    # which architecture each (member, image) is: the one whose probabilities it equals
+    gap = (fresh[:, None] - distinct[None]).abs().amax(-1)                    # [T, S, N]
+    assert (gap.amin(1) < 1e-5).all()
+    drawn = gap.argmin(1)                                                     # [T, N]
+    assert not torch.equal(drawn, torch.arange(model.num_archs)[:, None].expand_as(drawn))
+    assert len({tuple(c) for c in drawn.T.tolist()}) > 1                     # per image, not shared
+    assert any(len(set(c)) < model.num_archs for c in drawn.T.tolist())      # with replacement
+    assert torch.equal(E.member_probs(model, x, NORM, batch=70, fresh=True, seed=3), fresh)
+    assert not torch.equal(E.member_probs(model, x, NORM, batch=70, fresh=True, seed=4), fresh)
+
+
+def _recorded_archs(model: WiredNet) -> tuple[list[torch.Tensor], object]:
+    """The architecture argument of every forward of `model`, recorded by a hook."""
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda mod, args: seen.append(torch.as_tensor(args[1]).clone()))
+    return seen, handle
+
+
+def test_arch_scores_train_mode_mixed_as_nsa_i_trains(smoke):
+    """bn='train', mixed=True (NSA-i's scores in training mode): every forward mixes
+    architectures, one per image, as NSA-i trains; over the T passes each image meets every
+    architecture once; and the scores are those of exactly these forwards."""
+    model, x, y, _ = smoke
+    T_, batch = model.num_archs, 32
+    seen, handle = _recorded_archs(model)
+    try:
+        got = E.arch_scores(model, x, y, NORM, bn="train", batch=batch, mixed=True)
+    finally:
+        handle.remove()
+    assert got.arch.tolist() == list(range(T_))
+    assert len(seen) == T_ * -(-len(x) // batch)
+    assert all(len(a.unique()) > 1 for a in seen)                              # mixed forwards
+    per_pass = torch.cat(seen).view(T_, len(x))                               # pass-major, images in order
+    assert (per_pass.sort(0).values == torch.arange(T_)[:, None]).all()       # every image, every arch once
+    correct, loss = torch.zeros(T_, dtype=torch.float64), torch.zeros(T_, dtype=torch.float64)
+    for a in per_pass:
+        logits = E.predict(model, x, NORM, arch=a, bn="train", batch=batch)
+        correct.index_add_(0, a, (logits.argmax(1) == y).double())
+        loss.index_add_(0, a, F.cross_entropy(logits, y, reduction="none").double())
+    np.testing.assert_allclose(got.acc, correct / len(x), atol=1e-9)
+    np.testing.assert_allclose(got.loss, loss / len(x), atol=1e-5)
+    # and it is not NSA's one-architecture-per-batch scoring
+    assert (got.loss - E.arch_scores(model, x, y, NORM, bn="train", batch=batch).loss).abs().max() > 1e-4
+
+
+def test_nsa_test_pass_draws_one_architecture_per_test_batch(tmp_path, monkeypatch):
+    """train.test_pass (every point of the test curves, paper Figs. 2-3) draws NSA's
+    architectures one per kinds.TEST_BATCH = 128 test images (the authors' test batch),
+    whatever the evaluation forward's size: ceil(n / 128) architectures, NSA-i one per image."""
+    assert K.TEST_BATCH == 128
+    n = 300
+    draws = []
+    real = T.draw_archs
+
+    def spy(sampling, space, count, batch, generator):
+        out = real(sampling, space, count, batch, generator)
+        draws.append((sampling, count, batch, out))
+        return out
+
+    monkeypatch.setattr(T, "draw_archs", spy)
+    for kind, forward in (("nsa", 500), ("nsa", 100), ("nsa-i", 500)):
+        spec = get_profile("smoke").spec(kind, space=20, test_size=n, width=0.25, eval_batch=forward)
+        run = T.prepare(spec, tmp_path / f"{kind}-{forward}", device="cpu")
+        seen, handle = _recorded_archs(run.model)
+        try:
+            draws.clear()
+            loss, acc = T.test_pass(run, torch.Generator().manual_seed(0))
+        finally:
+            handle.remove()
+        assert np.isfinite(loss) and 0 <= acc <= 1
+        assert [(d[0], d[1], d[2]) for d in draws] == [(K.KINDS[kind].sampling, n, 128)]
+        archs = torch.cat(seen)
+        assert torch.equal(archs, draws[0][3]) and len(seen) == -(-n // forward)
+        blocks = [archs[s:s + 128] for s in range(0, n, 128)]
+        if kind == "nsa":
+            assert len(blocks) == 3 and all(len(b.unique()) == 1 for b in blocks)
+            assert len({int(b[0]) for b in blocks}) > 1        # a new architecture per test batch
+        else:
+            assert all(len(b.unique()) > 1 for b in blocks)    # one per image

@@ -8,7 +8,7 @@ import pytest
 
 from nsa_core import data as D
 from nsa_core.kinds import KINDS
-from nsa_core.models import build
+from nsa_core.kinds import build
 from nsa_core.network import count_params
 from nsa_core.profiles import get_profile
 

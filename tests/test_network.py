@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nsa_core import fast_stage
+from nsa_core import fast_stage, runtime
 from nsa_core import space as sp
-from nsa_core.network import (CondBN, NetConfig, WiredNet, bn_mode, count_params, frozen, mc_dropout,
-                              stage_impl)
+from nsa_core.evaluate import bn_mode, frozen, mc_dropout
+from nsa_core.network import CondBN, NetConfig, WiredNet, count_params
 
 NODES = 4
 B = 7
@@ -36,9 +36,9 @@ def _randomise(model: nn.Module, gen: torch.Generator) -> None:
             model.agg.copy_(torch.randn(model.agg.shape, generator=gen) * 2)
 
 
-def _net(S=5, nodes=NODES, width=0.5, seed=0, double=True, randomise=True, **cfg):
+def _net(S=5, nodes=NODES, width=0.5, seed=0, double=True, randomise=True, fast=False, **cfg):
     space = sp.training_space(S, nodes=nodes, seed=seed)
-    model = WiredNet(space, NetConfig(width=width, nodes=nodes, **cfg))
+    model = WiredNet(space, NetConfig(width=width, nodes=nodes, **cfg), fast=fast)
     if double:
         model = model.double()
     if randomise:
@@ -76,11 +76,11 @@ def _flags(model):
     dict(cond_bn=True, cond_agg=True, aux=True),       # NSA-id
     dict(cond_agg=True),                               # NSA-id, aggregation only
 ], ids=["nsa-i", "nsa-id", "agg-only"])
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_mixed_batch_equals_per_example(cfg, impl):
-    model, _ = _net(**cfg)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_mixed_batch_equals_per_example(cfg, fast):
+    model, _ = _net(fast=fast, **cfg)
     x, arch = _x(), torch.tensor(ARCH)
-    with torch.no_grad(), stage_impl(impl):
+    with torch.no_grad():
         out, aux = model(x, arch, with_aux=True)
         for b in range(B):
             ob, ab = model(x[b:b + 1], torch.tensor([ARCH[b]]), with_aux=True)
@@ -372,22 +372,40 @@ def test_float64():
 # ------------------------------------------------------ the fast stage against the reference
 
 def _pair(cfg):
-    """A model for `cfg` (a config, or a fixed 'residual' / 'chain' wiring), its architecture
-    indices (mixed for a space), and an identical copy: one to run each stage path."""
+    """A model for `cfg` (a config, or a fixed 'residual' / 'chain' wiring) built with the
+    fast stage, its architecture indices (mixed for a space), and an identical copy switched
+    to the readable definition (use_fast(False)): one to run each stage path."""
     if cfg in ("residual", "chain"):
         wiring = sp.residual_wiring(NODES) if cfg == "residual" else sp.chain_wiring(NODES)
-        model = WiredNet(np.stack([wiring] * 3), NetConfig(width=0.5, nodes=NODES)).double()
+        model = WiredNet(np.stack([wiring] * 3), NetConfig(width=0.5, nodes=NODES), fast=True).double()
         _randomise(model, torch.Generator().manual_seed(3))
         arch = torch.zeros(B, dtype=torch.long)
     else:
-        model, _ = _net(S=5, **cfg)
+        model, _ = _net(S=5, fast=True, **cfg)
         arch = torch.tensor(ARCH)
-    return model, copy.deepcopy(model), arch
+    return model, copy.deepcopy(model).use_fast(False), arch
 
 
-def _loss(model, impl, x, arch):
-    with stage_impl(impl):
-        return F.cross_entropy(model(x, arch), torch.arange(len(x)) % 10)
+def _loss(model, x, arch):
+    return F.cross_entropy(model(x, arch), torch.arange(len(x)) % 10)
+
+
+def _stage_calls(monkeypatch):
+    """Counts of fast_stage.stage_forward and fast_stage.cond_batch_norm calls, recorded from now on."""
+    calls = {"stage": 0, "bn": 0}
+    stage, bn = fast_stage.stage_forward, fast_stage.cond_batch_norm
+
+    def counted_stage(*a):
+        calls["stage"] += 1
+        return stage(*a)
+
+    def counted_bn(*a):
+        calls["bn"] += 1
+        return bn(*a)
+
+    monkeypatch.setattr(fast_stage, "stage_forward", counted_stage)
+    monkeypatch.setattr(fast_stage, "cond_batch_norm", counted_bn)
+    return calls
 
 
 PATHS = [dict(), dict(cond_bn=True, cond_agg=True), dict(cond_agg=True), "residual", "chain"]
@@ -395,15 +413,19 @@ PATH_IDS = ["nsa-i", "nsa-id", "nsa-id-agg", "residual", "chain"]
 
 
 @pytest.mark.parametrize("cfg", PATHS, ids=PATH_IDS)
-def test_fast_stage_equals_reference_in_training(cfg):
+def test_fast_stage_equals_reference_in_training(cfg, monkeypatch):
     """Loss and every gradient (input, weights, BN affine, per-architecture coefficients and
     BN weights) and the BN running statistics of the fast stage equal those of
     `Stage.forward`'s reference definition, in float64, BN in training mode, a mixed batch
     (fixed wirings: unit rows that skip the gather, slots kept out of the buffer)."""
     fast, ref, arch = _pair(cfg)
     fast.train(), ref.train()
+    calls = _stage_calls(monkeypatch)
     xs = [_x().requires_grad_() for _ in range(2)]
-    losses = [_loss(m, impl, x, arch) for m, impl, x in ((fast, "fast", xs[0]), (ref, "reference", xs[1]))]
+    losses = [_loss(fast, xs[0], arch)]
+    assert calls["stage"] == 3          # the fast model did run the fast stages
+    losses.append(_loss(ref, xs[1], arch))
+    assert calls["stage"] == 3          # and the copy the readable ones
     for loss in losses:
         loss.backward()
     _close(losses[0], losses[1])
@@ -430,51 +452,97 @@ def test_fast_stage_equals_reference_autograd_grad(cfg):
     fast.eval(), ref.eval()
     x = _x().requires_grad_()
     names = [n for n, _ in fast.named_parameters()]
-    got = torch.autograd.grad(_loss(fast, "fast", x, arch), list(fast.parameters()) + [x])
-    want = torch.autograd.grad(_loss(ref, "reference", x, arch), list(ref.parameters()) + [x])
+    got = torch.autograd.grad(_loss(fast, x, arch), list(fast.parameters()) + [x])
+    want = torch.autograd.grad(_loss(ref, x, arch), list(ref.parameters()) + [x])
     assert all(p.grad is None for p in fast.parameters())
     for name, g, h in zip(names + ["x"], got, want):
         torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-9, msg=name)
     with frozen(fast), frozen(ref):
-        (gx,) = torch.autograd.grad(_loss(fast, "fast", x, arch), x)
-        (hx,) = torch.autograd.grad(_loss(ref, "reference", x, arch), x)
+        (gx,) = torch.autograd.grad(_loss(fast, x, arch), x)
+        (hx,) = torch.autograd.grad(_loss(ref, x, arch), x)
     _close(gx, hx)
     assert all(p.requires_grad and p.grad is None for p in fast.parameters())
 
 
+BN_SWITCHES = {
+    # (the mode the forward runs in, the switch made before the backward)
+    "train->eval": (lambda m: m.train(), lambda m: m.eval()),
+    "eval->train": (lambda m: m.eval(), lambda m: m.train()),
+    "bn_mode train->test": ("train", "test"),
+    "bn_mode test->train": ("test", "train"),
+}
+
+
+@pytest.mark.parametrize("cfg", [dict(cond_agg=True), dict(cond_agg=True, cond_bn=True)], ids=["nsa-id-agg", "nsa-id"])
+@pytest.mark.parametrize("switch", list(BN_SWITCHES), ids=list(BN_SWITCHES))
+def test_fast_stage_backward_uses_the_forward_bn_mode(cfg, switch):
+    """The fast stage rebuilds node outputs in its backward for the coefficients' gradient
+    (agg.grad); it must rebuild them in the BN mode its forward ran in (recorded at forward),
+    not the mode the model is in when backward runs. A fast model whose BN mode is switched
+    between forward and backward gives the readable path's agg.grad computed without a switch
+    (and so does every other gradient)."""
+    fast, ref, arch = _pair(cfg)
+    before, after = BN_SWITCHES[switch]
+    x = _x()
+    if callable(before):
+        before(fast), before(ref)
+        loss = _loss(fast, x, arch)
+        after(fast)                          # switched between forward and backward
+        loss.backward()
+        _loss(ref, x, arch).backward()       # no switch
+    else:
+        with bn_mode(fast, before):
+            loss = _loss(fast, x, arch)
+        with bn_mode(fast, after):           # switched between forward and backward
+            loss.backward()
+        with bn_mode(ref, before):
+            _loss(ref, x, arch).backward()
+    assert fast.agg.grad.abs().amax() > 1e-4
+    torch.testing.assert_close(fast.agg.grad, ref.agg.grad, rtol=1e-9, atol=1e-9)
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
 def test_fast_stage_backward_twice_is_an_error():
     model, _, arch = _pair(dict())
-    loss = _loss(model.train(), "fast", _x().requires_grad_(), arch)
+    loss = _loss(model.train(), _x().requires_grad_(), arch)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="first backward"):
         loss.backward()
 
 
-def test_stage_impl_choice(monkeypatch):
-    """NSA_STAGE picks the path ('auto': the fast one on the CPU), stage_impl overrides it,
-    and unknown names are refused."""
-    calls = []
-    real = fast_stage.stage_forward
-    monkeypatch.setattr(fast_stage, "stage_forward", lambda *a: calls.append(1) or real(*a))
-    model, _ = _net(S=3, nodes=3, width=0.25, double=False, randomise=False)
+def test_fast_choice(monkeypatch):
+    """A network runs the fast stage (and, with per-architecture BN, the fast conditional BN)
+    exactly when built with fast=True or switched by use_fast(True); use_fast switches in place
+    and keeps the numbers. runtime.Settings (NSA_STAGE) picks the path: 'auto' is the fast
+    one on the CPU and the readable one on CUDA; unknown names are refused."""
+    calls = _stage_calls(monkeypatch)
     x = _x(2, torch.float32)
 
-    def fast_calls():
-        calls.clear()
+    def counts(model):
+        calls.update(stage=0, bn=0)
         with torch.no_grad():
-            model(x, 0)
-        return len(calls)
+            out = model(x, 0)
+        return (calls["stage"], calls["bn"]), out
 
-    for env, want in (("auto", 3), ("fast", 3), ("reference", 0)):
-        monkeypatch.setenv("NSA_STAGE", env)
-        assert fast_calls() == want, env
-        with stage_impl("fast" if want == 0 else "reference"):
-            assert fast_calls() == 3 - want, env
-    monkeypatch.delenv("NSA_STAGE")
-    assert fast_calls() == 3
-    monkeypatch.setenv("NSA_STAGE", "slow")
+    plain = WiredNet(sp.training_space(3, nodes=3, seed=0), NetConfig(width=0.25, nodes=3))
+    assert counts(plain)[0] == (0, 0)                       # the default is the readable path
+    cond = WiredNet(sp.training_space(3, nodes=3, seed=0), NetConfig(width=0.25, nodes=3, cond_bn=True),
+                    fast=True).eval()
+    (n_fast, fast_out) = counts(cond)
+    assert n_fast == (3, 1 + 3 * 3 + 2)                     # 3 stages; every conditional BN
+    assert cond.use_fast(False) is cond
+    (n_ref, ref_out) = counts(cond)
+    assert n_ref == (0, 0)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
+    assert counts(cond.use_fast(True))[0] == n_fast
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for stage, on_cpu, on_cuda in (("auto", True, False), ("fast", True, True), ("reference", False, False)):
+        settings = runtime.Settings.from_env({"NSA_STAGE": stage})
+        assert (settings.fast_stage(cpu), settings.fast_stage(cuda)) == (on_cpu, on_cuda), stage
+    assert runtime.Settings.from_env({}).stage == "auto"
     with pytest.raises(ValueError, match="NSA_STAGE must be one of auto, fast, reference"):
-        fast_calls()
-    with pytest.raises(ValueError, match="stage_impl must be one of"):
-        with stage_impl("Fast"):
-            pass
+        runtime.Settings.from_env({"NSA_STAGE": "slow"})

@@ -22,10 +22,11 @@ SMOKE = get_profile("smoke")
 def test_consistency_training_logs_its_loss(tmp_path, kind, space):
     spec = SMOKE.spec(kind, space=space, semi="consistency")
     r = spec.recipe
-    assert r.consistency == 20.0 and r.labelled == SMOKE.train.labelled and r.aux_weight == 0
+    assert r == SMOKE.semi == SMOKE.spec(kind, "explore", space=space, semi="consistency").recipe
+    assert r.consistency == 20.0 and r.labelled == SMOKE.semi.labelled and r.aux_weight == 0
     model, hist = C.get_or_train(spec, tmp_path, device="cpu", progress=False)
     assert model.aux is None   # the semi-supervised runs have no auxiliary head
-    assert "consistency" in hist.columns and len(hist) == SMOKE.semi_recipe.epochs
+    assert "consistency" in hist.columns and len(hist) == SMOKE.semi.epochs
     assert np.isfinite(hist.consistency).all() and (hist.consistency > 0).all()
     assert np.isfinite(hist.train_loss).all() and not model.training
 

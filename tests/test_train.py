@@ -26,7 +26,7 @@ from nsa_core import checkpoint as CK
 from nsa_core import kinds as K
 from nsa_core import step as ST
 from nsa_core import train as T
-from nsa_core.config import ModelSpec
+from nsa_core.config import ModelSpec, override
 from nsa_core.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
     tmp = tmp_path_factory.mktemp("runs")
     spec, k = nsa_i(), kill_points(1, STEPS)
     scenarios = {f"ref-{n}": [train_job(make(), tmp / f"ref-{n}")] for n, make in SPECS.items()}
-    scenarios["epoch-ends-only"] = [train_job(spec.with_(eval_every=None), tmp / "epoch-ends-only")]
+    scenarios["epoch-ends-only"] = [train_job(override(spec, {"recipe.eval_every": None}), tmp / "epoch-ends-only")]
     scenarios["sigkill"] = [train_job(spec, tmp / "sigkill", k[0]), train_job(spec, tmp / "sigkill", k[1]),
                             train_job(spec, tmp / "sigkill")]
     for n in ("wrn-dropout", "semi"):
@@ -256,7 +256,7 @@ class _Unpicklable:
 
 
 def test_checkpoint_of_another_spec_is_reported_and_not_used(tmp_path, capsys):
-    other, spec = nsa_i().with_(epochs=2, seed=1), nsa_i().with_(epochs=2)
+    other, spec = override(nsa_i(), {"recipe.epochs": 2, "seed": 1}), override(nsa_i(), {"recipe.epochs": 2})
 
     def stop_after_epoch_1(step):
         if step == STEPS + 1:
@@ -291,13 +291,13 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     CK.atomic_save({"model": {}}, bad)
     with pytest.raises(CK.CheckpointError, match="not an nsa_core checkpoint"):
         CK.load_checkpoint(bad, spec)
-    CK.atomic_save({"spec": spec.with_(lr=0.5).to_json()}, bad)
+    CK.atomic_save({"spec": override(spec, {"recipe.lr": 0.5}).to_json()}, bad)
     with pytest.raises(CK.CheckpointError, match="another spec"):
         CK.load_checkpoint(bad, spec)
 
 
 def test_non_finite_loss_names_epoch_and_step(tmp_path):
-    spec = nsa_i().with_(lr=1e30, epochs=1)
+    spec = override(nsa_i(), {"recipe.lr": 1e30, "recipe.epochs": 1})
     with pytest.raises(FloatingPointError, match=r"epoch 1, step \d+ of 8"):
         T.train(spec, tmp_path, progress=False)
     assert not (tmp_path / "model.pt").exists()
@@ -370,7 +370,7 @@ def test_model_cache_is_ignored_by_git():
 # ---------------------------------------------------------------------- data, schedule
 
 def test_step_schedule_multiplies_by_gamma_at_the_milestones():
-    r = get_profile("paper").train
+    r = get_profile("paper").understand
     spe = T.steps_per_epoch(50000, 128)
     assert spe == 391   # the last, smaller batch is kept
     lr = lambda epoch, step=0: r.lr * ST.lr_factor(r, epoch * spe + step, spe)  # noqa: E731
@@ -381,7 +381,7 @@ def test_step_schedule_multiplies_by_gamma_at_the_milestones():
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
-    spec = get_profile("tiny").spec("nsa-i", space=5).with_(schedule="linear", warmup_epochs=0.5, epochs=6)
+    spec = get_profile("tiny").spec("nsa-i", space=5, schedule="linear", warmup_epochs=0.5, epochs=6)
     spe = 40
     f = [ST.lr_factor(spec.recipe, s, spe) for s in range(6 * spe)]
     peak = int(0.5 * spe)
