@@ -198,54 +198,15 @@ def main(args) -> int:
     print(f"nsa bench: CPU, {threads} threads, width {WIDTH:g}, {NODES} nodes, batch {BATCH}, "
           f"S = {SPACE}; {WARMUP} warm-up + {args.steps} timed steps per variant, round-robin, medians; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    models, steps = {}, {}
-    for name, (kind, space) in VARIANTS.items():
-        models[name], steps[name] = trainer(kind, space, device, settings=settings)
-    bf16 = runtime.native_bf16()   # emulated bf16 is slower than fp32: measured only where native
-    print(f"bf16 autocast: {'measured too (native bf16 on this CPU)' if bf16 else 'not measured (no native bf16 on this CPU)'}")
-    if bf16:
-        for name, (kind, space) in VARIANTS.items():
-            steps[f"{name}-bf16"] = trainer(kind, space, device, bf16=True, settings=settings)[1]
+    models, steps = _cpu_trainers(device, settings)
     x, y = random_batch(BATCH, device)
     wall, cpu = round_robin(steps, x, y, args.steps)
     table = profile_table(steps["nsa-i"], x, y)
 
-    rows = []
     ips = {k: BATCH / statistics.median(v) for k, v in wall.items()}
-    for k in ips:
-        target = TARGET_VS_FIXED.get(k.removesuffix("-bf16"))
-        ratio = ips[k] / ips["fixed-bf16" if k.endswith("-bf16") else "fixed"]
-        rows.append(_row(k, "train_img_per_s", ips[k], ratio, f">= {target} x fixed" if target else "",
-                         ratio >= target if target else None))
-    for k in ips:
-        q1, q3 = np.percentile(wall[k], [25, 75])
-        rows.append(_row(k, "train_step_iqr_pct", 100 * (q3 - q1) / statistics.median(wall[k])))
-    for k in VARIANTS:   # process CPU time: less sensitive than wall time to waiting for a core
-        c = statistics.median(cpu[k])
-        rows.append(_row(k, "train_step_cpu_s", c, statistics.median(cpu["fixed"]) / c))
-    for k, ref in REFERENCE.items():
-        ratio = ips[k] / ref
-        rows.append(_row(k, "train_img_per_s_vs_reference", ips[k], ratio,
-                         f">= {TARGET_VS_REFERENCE} x {ref:g} img/s", ratio >= TARGET_VS_REFERENCE))
-
+    rows = _throughput_rows(ips, wall, cpu)
     ens, diff = ensemble_times(models["nsa-i"].eval(), reps=max(3, args.steps // 2))
-    ratio = ens["batched"] / ens["separate"]
-    rows.append(_row(f"nsa-i T={T}", "ensemble_eval_s_batched", ens["batched"], ratio,
-                     f"<= {TARGET_ENSEMBLE} x separate", ratio <= TARGET_ENSEMBLE))
-    rows.append(_row(f"nsa-i T={T}", "ensemble_eval_s_separate", ens["separate"], 1.0))
-    rows.append(_row(f"nsa-i T={T}", "ensemble_eval_s_one_arch_same_batch", ens["one_arch"],
-                     ens["one_arch"] / ens["separate"]))
-
-    mem = {k: peak_memory(k) for k in VARIANTS}
-    for k in VARIANTS:
-        ratio, target = mem[k]["mib"] / mem["fixed"]["mib"], TARGET_MEMORY.get(k)
-        rows.append(_row(k, "peak_step_rss_mib", mem[k]["mib"], ratio, f"<= {target} x fixed" if target else "",
-                         ratio <= target if target else None))
-    # what keeping freed memory buys (runtime.keep_freed_memory): page faults of a settled step
-    plain = peak_memory("nsa-i", keep_freed=False)["faults"]
-    rows.append(_row("nsa-i", "page_faults_per_step_keep_freed", mem["nsa-i"]["faults"],
-                     mem["nsa-i"]["faults"] / max(plain, 1)))
-    rows.append(_row("nsa-i", "page_faults_per_step_NSA_MALLOC=0", plain, 1.0))
+    rows += _ensemble_rows(ens) + _memory_rows()
 
     df = pd.DataFrame(rows)
     out = Path(args.out)
@@ -264,6 +225,66 @@ def main(args) -> int:
     return 0
 
 
+def _cpu_trainers(device: torch.device, settings: runtime.Settings) -> tuple[dict, dict[str, Step]]:
+    """Every variant's model and training step; where the CPU has native bf16, each variant's
+    bf16 step too ("NAME-bf16")."""
+    models, steps = {}, {}
+    for name, (kind, space) in VARIANTS.items():
+        models[name], steps[name] = trainer(kind, space, device, settings=settings)
+    bf16 = runtime.native_bf16()   # emulated bf16 is slower than fp32: measured only where native
+    print(f"bf16 autocast: {'measured too (native bf16 on this CPU)' if bf16 else 'not measured (no native bf16 on this CPU)'}")
+    if bf16:
+        for name, (kind, space) in VARIANTS.items():
+            steps[f"{name}-bf16"] = trainer(kind, space, device, bf16=True, settings=settings)[1]
+    return models, steps
+
+
+def _throughput_rows(ips: dict[str, float], wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> list[dict]:
+    """Images/s against the fixed net and the reference numbers, the steps' spread, CPU time."""
+    rows = []
+    for k in ips:
+        target = TARGET_VS_FIXED.get(k.removesuffix("-bf16"))
+        ratio = ips[k] / ips["fixed-bf16" if k.endswith("-bf16") else "fixed"]
+        rows.append(_row(k, "train_img_per_s", ips[k], ratio, f">= {target} x fixed" if target else "",
+                         ratio >= target if target else None))
+    for k in ips:
+        q1, q3 = np.percentile(wall[k], [25, 75])
+        rows.append(_row(k, "train_step_iqr_pct", 100 * (q3 - q1) / statistics.median(wall[k])))
+    for k in VARIANTS:   # process CPU time: less sensitive than wall time to waiting for a core
+        c = statistics.median(cpu[k])
+        rows.append(_row(k, "train_step_cpu_s", c, statistics.median(cpu["fixed"]) / c))
+    for k, ref in REFERENCE.items():
+        ratio = ips[k] / ref
+        rows.append(_row(k, "train_img_per_s_vs_reference", ips[k], ratio,
+                         f">= {TARGET_VS_REFERENCE} x {ref:g} img/s", ratio >= TARGET_VS_REFERENCE))
+    return rows
+
+
+def _ensemble_rows(ens: dict[str, float]) -> list[dict]:
+    ratio = ens["batched"] / ens["separate"]
+    return [_row(f"nsa-i T={T}", "ensemble_eval_s_batched", ens["batched"], ratio,
+                 f"<= {TARGET_ENSEMBLE} x separate", ratio <= TARGET_ENSEMBLE),
+            _row(f"nsa-i T={T}", "ensemble_eval_s_separate", ens["separate"], 1.0),
+            _row(f"nsa-i T={T}", "ensemble_eval_s_one_arch_same_batch", ens["one_arch"],
+                 ens["one_arch"] / ens["separate"])]
+
+
+def _memory_rows() -> list[dict]:
+    """Each variant's peak memory over a fresh process's first step, and what keeping freed
+    memory buys (runtime.keep_freed_memory): the page faults of a settled step."""
+    rows = []
+    mem = {k: peak_memory(k) for k in VARIANTS}
+    for k in VARIANTS:
+        ratio, target = mem[k]["mib"] / mem["fixed"]["mib"], TARGET_MEMORY.get(k)
+        rows.append(_row(k, "peak_step_rss_mib", mem[k]["mib"], ratio, f"<= {target} x fixed" if target else "",
+                         ratio <= target if target else None))
+    plain = peak_memory("nsa-i", keep_freed=False)["faults"]
+    rows.append(_row("nsa-i", "page_faults_per_step_keep_freed", mem["nsa-i"]["faults"],
+                     mem["nsa-i"]["faults"] / max(plain, 1)))
+    rows.append(_row("nsa-i", "page_faults_per_step_NSA_MALLOC=0", plain, 1.0))
+    return rows
+
+
 # ----------------------------------------------------------------------------- CUDA
 
 def gpu_main(out: str | Path = "results/bench/gpu.csv") -> int:
@@ -280,7 +301,6 @@ def gpu_main(out: str | Path = "results/bench/gpu.csv") -> int:
         return 2
     device = torch.device("cuda" if cuda else "cpu")
     width, batch, warmup, steps = (0.25, 8, 2, 3) if tiny else (10.0, 128, 15, 100)
-    epoch, epochs = 50_000, 300
     pool = torch.randint(0, 256, (20 * batch, 3, 32, 32), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(CLASSES, (len(pool),), generator=torch.Generator().manual_seed(1)).to(device)
@@ -290,48 +310,7 @@ def gpu_main(out: str | Path = "results/bench/gpu.csv") -> int:
           f"{NODES} nodes, batch {batch}, aux head, bf16 autocast, channels_last, NSA_STAGE={settings.stage}, compiled {bool(compiled)}", flush=True)
     rows = []
     for name, kind, space in (("wrn-28-10-fixed", "wrn", 1), ("nsa-id-S5", "nsa-id", 5)):
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        # the tiny check runs bf16 autocast on the CPU too, for the same dtype paths
-        model, step = trainer(kind, space, device, width=width, aux=True, bf16=True, settings=settings)
-        aug = torch.Generator(device=device).manual_seed(3)
-        order = torch.Generator(device=device).manual_seed(4)
-
-        def batch_and_step() -> torch.Tensor:
-            idx = torch.randint(len(pool), (batch,), generator=order, device=device)
-            x = D.training_view(pool[idx], aug, "cifar10", 16).contiguous(memory_format=torch.channels_last)
-            return step(x, labels[idx])
-
-        t0 = time.perf_counter()
-        for _ in range(warmup):   # compiles here when NSA_COMPILE=1
-            batch_and_step()
-        if cuda:
-            torch.cuda.synchronize()
-        t_warm = time.perf_counter() - t0
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        t0 = time.perf_counter()
-        losses = [batch_and_step() for _ in range(steps)]
-        if cuda:
-            end.record()
-            torch.cuda.synchronize()
-            seconds = start.elapsed_time(end) / 1000
-        else:
-            seconds = time.perf_counter() - t0
-        loss = torch.stack(losses).float()
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError(f"{name}: non-finite loss during the timed steps")
-        ips = steps * batch / seconds
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        print(f"{name:16s} {ips:9.1f} img/s  {epoch / ips:7.1f} s/epoch  {epochs * epoch / ips / 3600:6.2f} h "
-              f"per {epochs} epochs  peak {peak:6.2f} GiB  (warm-up incl. compile {t_warm:.0f} s, "
-              f"final loss {loss[-1].item():.3f})", flush=True)
-        rows += [_row(name, "train_img_per_s", ips), _row(name, "s_per_epoch", epoch / ips),
-                 _row(name, f"h_per_{epochs}_epochs", epochs * epoch / ips / 3600),
-                 _row(name, "peak_gpu_gib", peak), _row(name, "warmup_s", t_warm)]
-        del model, step
+        rows += _time_on_device(name, kind, space, pool, labels, (width, batch, warmup, steps), settings)
     df = pd.DataFrame(rows)
     fixed, nsa = df[df.metric == "train_img_per_s"].value.tolist()
     print(f"NSA-id / fixed throughput: {nsa / fixed:.3f}")
@@ -340,3 +319,54 @@ def gpu_main(out: str | Path = "results/bench/gpu.csv") -> int:
     df.assign(compile=compiled).to_csv(out, index=False)
     print(f"wrote {out}")
     return 0
+
+
+def _time_on_device(name: str, kind: str, space: int, pool: torch.Tensor, labels: torch.Tensor,
+                    sizes: tuple[float, int, int, int], settings: runtime.Settings) -> list[dict]:
+    """gpu_main's measurement of one model on the device of `pool`: `sizes` = (width, batch,
+    warm-up steps, timed steps); prints a line and returns its rows."""
+    width, batch, warmup, steps = sizes
+    device = pool.device
+    cuda = device.type == "cuda"
+    epoch, epochs = 50_000, 300
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    # the tiny check runs bf16 autocast on the CPU too, for the same dtype paths
+    _, step = trainer(kind, space, device, width=width, aux=True, bf16=True, settings=settings)
+    aug = torch.Generator(device=device).manual_seed(3)
+    order = torch.Generator(device=device).manual_seed(4)
+
+    def batch_and_step() -> torch.Tensor:
+        idx = torch.randint(len(pool), (batch,), generator=order, device=device)
+        x = D.training_view(pool[idx], aug, "cifar10", 16).contiguous(memory_format=torch.channels_last)
+        return step(x, labels[idx])
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):   # compiles here when NSA_COMPILE=1
+        batch_and_step()
+    if cuda:
+        torch.cuda.synchronize()
+    t_warm = time.perf_counter() - t0
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    losses = [batch_and_step() for _ in range(steps)]
+    if cuda:
+        end.record()
+        torch.cuda.synchronize()
+        seconds = start.elapsed_time(end) / 1000
+    else:
+        seconds = time.perf_counter() - t0
+    loss = torch.stack(losses).float()
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(f"{name}: non-finite loss during the timed steps")
+    ips = steps * batch / seconds
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    print(f"{name:16s} {ips:9.1f} img/s  {epoch / ips:7.1f} s/epoch  {epochs * epoch / ips / 3600:6.2f} h "
+          f"per {epochs} epochs  peak {peak:6.2f} GiB  (warm-up incl. compile {t_warm:.0f} s, "
+          f"final loss {loss[-1].item():.3f})", flush=True)
+    return [_row(name, "train_img_per_s", ips), _row(name, "s_per_epoch", epoch / ips),
+            _row(name, f"h_per_{epochs}_epochs", epochs * epoch / ips / 3600),
+            _row(name, "peak_gpu_gib", peak), _row(name, "warmup_s", t_warm)]

@@ -121,7 +121,7 @@ def _positive(value: str, what: str, auto: bool = False) -> int | None:
 
 def cmd_train_all(args) -> int:
     from . import paths, scale
-    from .plan import NO_DATA, TRAINED, build_plan, specs
+    from .plan import TRAINED
     sets = parse_sets(args.set)
     profile = get_profile(args.profile, sets)
     local = args.executor == "local"
@@ -139,21 +139,7 @@ def cmd_train_all(args) -> int:
     data = paths.data_dir(args.data_dir)
     if (args.data_dir is not None or os.environ.get("NSA_DATA_DIR")) and not data.is_dir():
         raise ValueError(f"data folder {data} does not exist; pass an existing --data-dir")
-    missing: dict[str, str] = {}
-    if not args.dry_run:   # download and decode each data set once, here, not in every worker
-        for dataset in sorted({s.recipe.dataset for s, _ in specs(args.profile, args.notebooks, args.seed, sets,
-                                                                    data).values()} - {"synthetic"}):
-            try:
-                D.prepare(dataset, data)
-            except D.DataMissing as e:
-                missing[dataset] = str(e)
-    items = build_plan(args.profile, args.notebooks, args.models_dir, data, seed=args.seed, sets=sets)
-    todo = [it for it in items if it.needs_training]
-    absent = [it for it in items if it.state == NO_DATA]
-    for dataset in sorted({it.spec.recipe.dataset for it in absent}):   # one line per data set
-        left = [it for it in absent if it.spec.recipe.dataset == dataset]
-        print(f"nsa: {'error: cannot train' if len(absent) == len(items) else 'left out'} {len(left)} model(s) of "
-              f"{dataset}: {missing.get(dataset, left[0].note)}", file=sys.stderr)
+    items, todo, absent = _train_all_plan(args, sets, data)
     # Nothing of the plan can be had for want of data: no summary, no timings. A plan missing
     # only some data sets goes on (the notebooks say what they could not reproduce).
     if absent and len(absent) == len(items):
@@ -178,23 +164,56 @@ def cmd_train_all(args) -> int:
             print(f"nsa: stopped waiting; the {len(jobs)} jobs go on (scancel stops them)", file=sys.stderr)
             return 130
     else:
-        # threads from the jobs asked for, not the models left: a rerun resumes a model with
-        # the thread count it started with, so its weights stay those of an uninterrupted run
-        threads = threads or scale.worker_threads(requested)
-        t0 = time.time()
-        outcomes = scale.train_local(todo, min(requested, len(todo)), models, data, args.device, threads,
-                                     logs) if todo else []
-        if any(o.state == scale.INTERRUPTED for o in outcomes):   # one line each said so already
+        outcomes = _train_locally(args, todo, requested, threads, models, data, logs,
+                                  paths.results_dir() / profile.name)
+        if outcomes is None:   # interrupted: one line each said so already
             return 130
-        if all(o.ok for o in outcomes):
-            # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
-            # when everything was cached, so that a rerun does not count an old training
-            # again; none for a run that failed
-            from .reproduce import TRAIN_ALL, save_timings
-            save_timings(paths.results_dir() / profile.name, {TRAIN_ALL: time.time() - t0})
     for line in scale.summary(outcomes, absent):
         print(line)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _train_all_plan(args, sets, data) -> tuple[list, list, list]:
+    """train-all's plan and its state: each data set it needs downloaded and decoded once, here,
+    not in every worker (not for a dry run), and one line for each that cannot be had.
+    Returns the plan's items, those to train and those without data."""
+    from .plan import NO_DATA, build_plan, specs
+    missing: dict[str, str] = {}
+    if not args.dry_run:
+        for dataset in sorted({s.recipe.dataset for s, _ in specs(args.profile, args.notebooks, args.seed, sets,
+                                                                    data).values()} - {"synthetic"}):
+            try:
+                D.prepare(dataset, data)
+            except D.DataMissing as e:
+                missing[dataset] = str(e)
+    items = build_plan(args.profile, args.notebooks, args.models_dir, data, seed=args.seed, sets=sets)
+    todo = [it for it in items if it.needs_training]
+    absent = [it for it in items if it.state == NO_DATA]
+    for dataset in sorted({it.spec.recipe.dataset for it in absent}):   # one line per data set
+        left = [it for it in absent if it.spec.recipe.dataset == dataset]
+        print(f"nsa: {'error: cannot train' if len(absent) == len(items) else 'left out'} {len(left)} model(s) of "
+              f"{dataset}: {missing.get(dataset, left[0].note)}", file=sys.stderr)
+    return items, todo, absent
+
+
+def _train_locally(args, todo, requested: int, threads: int | None, models, data, logs, results) -> list | None:
+    """train-all's local workers: their outcomes, None when a signal stopped them."""
+    from . import scale
+    # threads from the jobs asked for, not the models left: a rerun resumes a model with
+    # the thread count it started with, so its weights stay those of an uninterrupted run
+    threads = threads or scale.worker_threads(requested)
+    t0 = time.time()
+    outcomes = scale.train_local(todo, min(requested, len(todo)), models, data, args.device, threads,
+                                 logs) if todo else []
+    if any(o.state == scale.INTERRUPTED for o in outcomes):
+        return None
+    if all(o.ok for o in outcomes):
+        # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
+        # when everything was cached, so that a rerun does not count an old training
+        # again; none for a run that failed
+        from .reproduce import TRAIN_ALL, save_timings
+        save_timings(results, {TRAIN_ALL: time.time() - t0})
+    return outcomes
 
 
 RELATIVE = "a relative path is taken from the repository root in a checkout, else from the working directory"

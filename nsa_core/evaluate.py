@@ -260,7 +260,7 @@ def member_probs(model: WiredNet, images: torch.Tensor, norm: str, archs: ArchLi
     idx, w, T = _members(model, archs, wirings)
     dev = _device(model)
     n = len(images)
-    pick = torch.stack([torch.randperm(T, generator=torch.Generator().manual_seed(seed)) for _ in range(n)], 1) if fresh else None
+    pick = torch.randint(T, (T, n), generator=torch.Generator().manual_seed(seed)) if fresh else None
     out = torch.empty(T, n, model.cfg.classes)
     with bn_mode(model, "test"), torch.no_grad():
         for t, i in _pairs(T, n, batch):

@@ -190,7 +190,7 @@ def ood_set(exp: Experiment, name: str, n: int | None = None) -> tuple[D.Split |
 def attack_outcomes(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: A.PGD,
                     archs: torch.Tensor | None = None, mc_samples: int | None = None, batch: int = 250,
                     seed: int = 0) -> dict:
-    """evaluate.attack_report's attack (`evaluate.attacked_members`, so the same numbers), kept
+    """evaluate.attacked_members's attack (`evaluate.attacked_members`, so the same numbers), kept
     per image so that its accuracies and AUC can be bootstrapped: correct_clean, correct_adv
     (0/1 per image), mi_clean, mi_adv (mutual information per image), and the summary."""
     p_clean, p_adv, y = evaluate.attacked_members(model, images, labels, norm, attack, archs, mc_samples,

@@ -91,6 +91,32 @@ def for_notebooks(path: Path) -> str:
         return str(path)
 
 
+def _prepare(profile: str, data_dir: str | None, notebooks: list[str] | None, sets: dict[str, Any] | None):
+    """Everything `reproduce` checks before a notebook runs; a ValueError names the mistake."""
+    try:
+        prof = get_profile(profile, sets)          # unknown profile or --set key: fail now
+        selected = select_notebooks(notebooks)
+        kernel = kernel_name()
+    except (KeyError, ValueError) as e:
+        raise ValueError(e.args[0]) from None
+    if not selected:
+        raise ValueError(f"no notebooks found in {notebooks_dir()}")
+    if data_dir is not None:
+        data = paths.data_dir(data_dir)   # a relative path: from the repository root, as in every subcommand
+        if not data.is_dir():
+            raise ValueError(f"data folder {data} does not exist; pass an existing --data-dir "
+                             "(or leave it out for $NSA_DATA_DIR, else data/ in the repository)")
+        data_dir = for_notebooks(data)
+    if sets:
+        blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]
+        if blind:
+            raise ValueError(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
+
+    results = paths.writable_folder(results_dir(), "results folder")
+    executed = paths.writable_folder(results / prof.name / "executed", "results folder")
+    return prof, selected, kernel, data_dir, results, executed
+
+
 def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: list[str] | None = None,
               report: bool = True, sets: dict[str, Any] | None = None,
               settings: runtime.Settings = runtime.Settings()) -> int:
@@ -99,34 +125,11 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
-    def usage(msg: str) -> int:
-        print(f"nsa: error: {msg}", file=sys.stderr)
-        return 2
-
     try:
-        prof = get_profile(profile, sets)          # unknown profile or --set key: fail now
-        selected = select_notebooks(notebooks)
-        kernel = kernel_name()
-    except (KeyError, ValueError) as e:
-        return usage(e.args[0])
-    if not selected:
-        return usage(f"no notebooks found in {notebooks_dir()}")
-    if data_dir is not None:
-        data = paths.data_dir(data_dir)   # a relative path: from the repository root, as in every subcommand
-        if not data.is_dir():
-            return usage(f"data folder {data} does not exist; pass an existing --data-dir "
-                         "(or leave it out for $NSA_DATA_DIR, else data/ in the repository)")
-        data_dir = for_notebooks(data)
-    if sets:
-        blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]
-        if blind:
-            return usage(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
-
-    try:
-        results = paths.writable_folder(results_dir(), "results folder")
-        executed = paths.writable_folder(results / prof.name / "executed", "results folder")
+        prof, selected, kernel, data_dir, results, executed = _prepare(profile, data_dir, notebooks, sets)
     except ValueError as e:
-        return usage(str(e))
+        print(f"nsa: error: {e}", file=sys.stderr)
+        return 2
     params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=for_notebooks(results))
     if sets:
         params["OVERRIDES"] = dict(sets)
@@ -311,6 +314,26 @@ def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path 
             *_table(rows, ["model", "S", "data", "notebooks", "epochs", "test accuracy", "training time"])]
 
 
+def _settings_lines(profile_name: str, records: list[dict]) -> list[str]:
+    """The report's settings section: the profile's, and the notebooks' knobs."""
+    md: list[str] = []
+    # the replications' settings: the tour (no claims) trains with its own small ones
+    replications = [r for r in records if r["claims"]]
+    settings = replications[0]["settings"] if replications else get_profile(profile_name).as_dict()
+    differing = sorted({r["notebook"] for r in replications if r["settings"] != settings})
+
+    md += ["", "## Profile settings", ""]
+    md += _table(_flat_settings(settings), ["setting", "value"])
+    if differing:
+        md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
+               "(an earlier run with other --set values); rerun them to make the report consistent."]
+    knobs = [[r["notebook"], k, v["value"], v["paper"]] for r in records for k, v in r.get("knobs", {}).items()]
+    if knobs:
+        md += ["", "Notebook settings (they enter the paper-scale test too):", ""]
+        md += _table(knobs, ["notebook", "setting", "this run", "paper"])
+    return md
+
+
 def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, float] | None = None,
                  data_dir: str | Path | None = None) -> Path:
     """Write <results_dir>/<profile>/REPORT.md and claims.csv from the notebooks' claims.json.
@@ -327,11 +350,6 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     previous = pd.read_csv(folder / "claims.csv") if (folder / "claims.csv").is_file() else None
     claims.to_csv(folder / "claims.csv", index=False)
 
-    # the replications' settings: the tour (no claims) trains with its own small ones
-    replications = [r for r in records if r["claims"]]
-    settings = replications[0]["settings"] if replications else get_profile(profile_name).as_dict()
-    differing = sorted({r["notebook"] for r in replications if r["settings"] != settings})
-
     md = [f"# NSA replication report: profile `{profile_name}`", "",
           f"Written {time.strftime('%Y-%m-%d %H:%M')}. Paper: *Understanding and Exploring the Network "
           "with Stochastic Architectures* (NeurIPS 2020).", "",
@@ -346,15 +364,7 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     else:
         md.append("No timings recorded (the notebooks were not run by `make reproduce`).")
     md += ["", "## Models", "", *_models_table(profile_name, [r["notebook"] for r in records], data_dir)]
-    md += ["", "## Profile settings", ""]
-    md += _table(_flat_settings(settings), ["setting", "value"])
-    if differing:
-        md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
-               "(an earlier run with other --set values); rerun them to make the report consistent."]
-    knobs = [[r["notebook"], k, v["value"], v["paper"]] for r in records for k, v in r.get("knobs", {}).items()]
-    if knobs:
-        md += ["", "Notebook settings (they enter the paper-scale test too):", ""]
-        md += _table(knobs, ["notebook", "setting", "this run", "paper"])
+    md += _settings_lines(profile_name, records)
     md += ["", "## Claims", "", *_verdict_legend(), ""]
     md += _table(claims.values.tolist(), list(claims.columns))
     if previous is not None and "rule" in previous:

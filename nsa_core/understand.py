@@ -381,6 +381,14 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
               rule=_gate_rule(gate, f"the spread of the last tenth of each test-loss curve (at least "
                                     f"{C.MIN_CURVE_POINTS} evaluations), each model's points resampled on their own; "
                                     "holds if NSA's exceeds NSA-i's at every S (01 tests the accuracy curves)"))
+    _variance_claim(exp, variance, gate)
+    from . import beyond
+    beyond.instance_recalibration_claim(exp, three, n, k, gate)
+
+
+def _variance_claim(exp: Experiment, variance: pd.DataFrame, gate: C.Gate) -> None:
+    """App. C: the variance of the batch mean, NSA over NSA-i, in log ratio over BN layers."""
+    seed, spaces = exp.seed, exp.profile.spaces_bn
     log_ratio = (variance.pivot_table(index=["S", "layer"], columns="model", values="var_mean")
                  .pipe(lambda t: np.log(t["NSA"] / t["NSA-i"])))
     lower = {S: C.mean_estimate(log_ratio.loc[S].to_numpy(), seed=seed) for S in spaces}
@@ -390,8 +398,6 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in lower.values()),
               rule=_gate_rule(gate, "bootstrap over BN layers; holds if the interval lies above 0 (NSA-i's variance "
                                     "lower) at every S"))
-    from . import beyond
-    beyond.instance_recalibration_claim(exp, three, n, k, gate)
 
 
 # --------------------------------------------------------------------------- 03: mode collapse
@@ -604,6 +610,13 @@ def unseen_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, appd: pd.Da
               verdict=C.all_of(levels) if levels else C.NOT_COMPARABLE,
               rule=f"comparable only at the paper's scale with converged models; there it holds if every mean lies "
                    f"within {C.TABLE1_TOL_PP} percentage points of Table 1, interval included")
+    _appd_claim(exp, groups, appd, gate)
+
+
+def _appd_claim(exp: Experiment, groups: dict, appd: pd.DataFrame, gate: C.Gate) -> None:
+    """App. D: vanilla NSA in training mode tells seen from unseen as NSA-i does (groups: NSA-i's
+    (unseen, seen) accuracies per S)."""
+    seed = exp.seed
     common = sorted(set(appd.S))
     van = {S: _groups(appd, S) for S in common}
     similar = {S: C.bootstrap(lambda a, b, c, d, S=S: metrics.auc_rows(van[S][0][a], van[S][1][b])

@@ -38,7 +38,8 @@ def test_train_help_documents_its_options(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
-    for option in ("--kind", "--space", "--profile", "--data-dir", "--models-dir", "--device", "--seed", "--set"):
+    for option in ("--kind", "--space", "--recipe", "--profile", "--data-dir", "--models-dir", "--device", "--seed",
+                   "--set"):
         assert option in out
     assert "nsa-id" in out and "smoke" in out
 
@@ -75,7 +76,7 @@ def test_user_mistake_from_the_shell_has_no_traceback(tmp_path):
     r = nsa("train", "--profile", "smoke", "--kind", "nsa-x", "--models-dir", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.splitlines() == ["nsa: error: unknown kind 'nsa-x'; choose one of nsa, nsa-i, nsa-id, "
-                                     "nsa-id-agg, wrn, wrn-dropout, single"]
+                                     "nsa-id-agg, wrn, wrn-dropout, single, residual"]
     assert r.stdout == "" and not any(tmp_path.iterdir())
 
 
@@ -118,6 +119,37 @@ def test_set_reaches_the_spec():
     assert (spec.recipe.epochs, spec.recipe.batch_size) == (5, 8)   # bare keys reach the semi recipe
     args = cli.build_parser().parse_args(["train", "--kind", "wrn", "--profile", "smoke"])
     assert cli._spec_from_args(args).space == 1
+
+
+def test_recipe_picks_the_profiles_recipe(monkeypatch):
+    # the profiles' understand and explore recipes coincide: tell them apart for the test
+    monkeypatch.setattr(cli, "get_profile", lambda name: get_profile(name, {"explore.epochs": 9}))
+    for recipe, epochs in (("understand", get_profile("smoke").understand.epochs), ("explore", 9)):
+        args = cli.build_parser().parse_args(["train", "--kind", "nsa", "--profile", "smoke", "--recipe", recipe])
+        assert cli._spec_from_args(args).recipe.epochs == epochs
+    args = cli.build_parser().parse_args(["train", "--kind", "nsa", "--profile", "smoke"])
+    assert cli._spec_from_args(args).recipe.epochs == get_profile("smoke").understand.epochs != 9
+
+
+def test_the_environment_is_read_once_at_the_entry_point(monkeypatch, capsys):
+    """NSA_PROFILE and runtime.Settings (NSA_STAGE, NSA_COMPILE, NSA_MALLOC) are read by
+    cli.main and handed to the command; a bad value is one line and exit 2."""
+    seen = []
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.append(args) or 0)
+    monkeypatch.setenv("NSA_PROFILE", "smoke")
+    monkeypatch.setenv("NSA_STAGE", "reference")
+    monkeypatch.setenv("NSA_MALLOC", "0")
+    assert cli.main(["train", "--kind", "nsa-i"]) == 0
+    from nsa_core.runtime import Settings
+    assert seen[-1].profile == "smoke" and seen[-1].settings == Settings(stage="reference", keep_freed=False)
+    assert cli.main(["train", "--kind", "nsa-i", "--profile", "paper"]) == 0 and seen[-1].profile == "paper"
+    monkeypatch.delenv("NSA_PROFILE")
+    assert cli.main(["train", "--kind", "nsa-i"]) == 0 and seen[-1].profile == "tiny"
+    monkeypatch.setenv("NSA_STAGE", "slow")
+    capsys.readouterr()
+    assert cli.main(["train", "--kind", "nsa-i"]) == 2 and len(seen) == 3
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nsa: error: NSA_STAGE must be one of auto, fast, reference, got 'slow'"]
 
 
 def test_train_smoke_prints_the_model_folder(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nsa_core import data as D
+from nsa_core import runtime
 from nsa_core import space as sp
 from nsa_core import train as T
 from nsa_core.network import NetConfig, WiredNet
@@ -28,9 +29,11 @@ def no_tf32():
 
 @pytest.mark.parametrize("cfg", [dict(), dict(cond_agg=True, cond_bn=True, aux=True)], ids=["nsa-i", "nsa-id"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_cuda_mixed_arch_batch_equals_per_example(cfg, channels_last, no_tf32):
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_cuda_mixed_arch_batch_equals_per_example(cfg, channels_last, fast, no_tf32):
+    """Both stage paths (NSA_STAGE=auto runs the reference on CUDA; NSA_STAGE=fast fast_stage's)."""
     torch.manual_seed(0)
-    model = WiredNet(sp.training_space(6, nodes=4, seed=0), NetConfig(width=0.5, nodes=4, **cfg)).cuda()
+    model = WiredNet(sp.training_space(6, nodes=4, seed=0), NetConfig(width=0.5, nodes=4, **cfg), fast=fast).cuda()
     with torch.no_grad():   # BN statistics and NSA-id weights away from their initial values
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -54,14 +57,15 @@ def test_cuda_mixed_arch_batch_equals_per_example(cfg, channels_last, no_tf32):
         assert (out - model(x, 0)).abs().amax() > 1e-3   # the architectures matter
 
 
-def test_cuda_smoke_training_with_bf16_autocast(tmp_path, monkeypatch):
+def test_cuda_smoke_training_with_bf16_autocast(tmp_path):
     """The smoke profile's NSA-id trains on CUDA (bf16 autocast, channels_last; eager here,
     gpu_check.sh trains it compiled) and learns the synthetic data."""
-    monkeypatch.setenv("NSA_COMPILE", "0")
     spec = get_profile("smoke").spec("nsa-id", space=3)
-    model, hist = T.train(spec, tmp_path / "run", device="cuda", progress=False)
+    model, hist = T.train(spec, tmp_path / "run", device="cuda", progress=False,
+                          settings=runtime.Settings(compile="0"))
     assert next(model.parameters()).device.type == "cuda"
-    assert hist.epoch.tolist() == list(range(1, spec.epochs + 1))
+    assert "bf16" in (tmp_path / "run" / "train.log").read_text()
+    assert hist.epoch.tolist() == list(range(1, spec.recipe.epochs + 1))
     assert all(math.isfinite(v) for v in hist.train_loss.tolist() + hist.test_loss.tolist())
     assert hist.train_loss.iloc[-1] < hist.train_loss.iloc[0]
     assert hist.test_acc.iloc[-1] > 0.3, hist.to_string()

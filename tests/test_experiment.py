@@ -3,11 +3,16 @@ without training anything."""
 import json
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
+from nsa_core import claims as C
 from nsa_core import data as D
-from nsa_core.experiment import FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, SANITY, setup
+from nsa_core import experiment as X
+from nsa_core.cache import Obtained
+from nsa_core.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, SANITY
+from nsa_core.experiment import Trained, setup
 from nsa_core.paths import repo_root
 from nsa_core.reproduce import select_notebooks, write_report
 
@@ -24,7 +29,7 @@ def test_setup_places_outputs_and_models_under_the_results_dir(exp, tmp_path):
     assert exp.models_dir == tmp_path / "models"
     assert exp.profile.n_archs == 3
     assert exp.data_dir == repo_root() / "data"          # relative paths follow the repo, not the cwd
-    assert exp.spec("nsa-i", space=5).seed == exp.seed == 0
+    assert exp.seed == 0
 
 
 def test_relative_results_dir_resolves_against_the_repo(monkeypatch, tmp_path):
@@ -37,11 +42,14 @@ def test_relative_results_dir_resolves_against_the_repo(monkeypatch, tmp_path):
 
 def test_test_set_is_the_training_logs_evaluation_subset(exp):
     test = exp.test_set()
-    assert len(test) == exp.profile.train.test_size
+    size = exp.profile.understand.test_size
+    assert len(test) == size
     full = D.load("synthetic", "test")
-    order = D.eval_order(len(full), seed=0)[: exp.profile.train.test_size]
+    order = D.eval_order(len(full), seed=0)[:size]
     assert (test.labels == full.labels[order]).all()
     assert len(exp.test_set(n=10)) == 10
+    assert exp.test_set() is test                                       # loaded once
+    assert len(exp.test_set(exp.profile.explore)) == exp.profile.explore.test_size
 
 
 def test_claims_figures_tables_and_notes_land_in_claims_json(exp):
@@ -50,8 +58,9 @@ def test_claims_figures_tables_and_notes_land_in_claims_json(exp):
     exp.save_figure(fig, "curve")
     plt.close(fig)
     exp.save_table(pd.DataFrame({"a": [1]}), "numbers")
-    exp.claim("x beats y", paper="1 > 0", reproduced="2 > 1", verdict=exp.verdict(True), rule="x > y")
-    exp.claim("levels match", paper="1", reproduced="2", verdict=exp.verdict(True, comparable=False), rule="|x-1|<0.1")
+    above = C.Estimate(1.0, 0.5, 1.5)
+    exp.claim("x beats y", paper="1 > 0", reproduced=f"x - y = {above}", verdict=C.verdict(above), rule="x > y")
+    exp.claim("levels match", paper="1", reproduced="2", verdict=C.verdict(above, comparable=False), rule="|x-1|<0.1")
     exp.note("a data set was missing")
     table = exp.finish()
     assert {"curve.png", "curve.svg", "numbers.csv", "claims.json"} <= {p.name for p in exp.out.iterdir()}
@@ -61,7 +70,8 @@ def test_claims_figures_tables_and_notes_land_in_claims_json(exp):
     assert record["figures"] == ["99_try/curve.png"] and record["tables"] == ["99_try/numbers.csv"]
     assert record["notes"] == ["a data set was missing"]
     assert list(table.columns) == ["statement", "paper", "reproduced", "verdict", "rule", "kind"]
-    assert exp.verdict(False) == FAILS
+    assert record["claims"][0]["reproduced"] == "x - y = 1.000 [0.500, 1.500]"
+    assert C.verdict(-above) == FAILS
     assert record["knobs"] == {} and record["paper_scale"] is False
 
 
@@ -107,7 +117,7 @@ def test_write_report_gathers_every_notebook(exp, tmp_path):
     assert "![fig a](99_try/fig%20a.png)" in text and "- 99_try: note one" in text
     assert "| 99_try | 1.2 min |" in text and "| n_archs | 3 |" in text
     assert "## Models\n\nNone recorded." in text      # no declared notebook, no models
-    assert "1 claims tested" in text and "paper claims: 1**: 1 hold" in text
+    assert "**1 claims tested.** 1 paper claim: 1 hold, 0 do not hold, 0 inconclusive" in text
     assert pd.read_csv(tmp_path / "smoke" / "claims.csv").notebook.tolist() == ["99_try"]
 
 
@@ -135,3 +145,86 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n") and "OLD-BLOCK" not in text
     assert "| 01_x | s \\| pipe | 0.3 | 0.4 | holds | paper claim |" in text and "2.0 min" in text
     assert not update_readme("smoke", tmp_path / "results", readme)   # no block for smoke
+
+
+# ----------------------------------------------------------- models, cached results, gate
+
+def _curve(final: float, slope: float, steps: int = 100, points: int = 20) -> pd.DataFrame:
+    step = np.linspace(steps / points, steps, points)
+    return pd.DataFrame({"step": step, "epoch": step / steps, "test_loss": 1.0,
+                         "test_acc": final + slope * (step / steps - 1)})
+
+
+def test_trained_returns_the_cached_model_with_its_curve(exp, monkeypatch, tmp_path):
+    """exp.trained: the model of a spec from the cache (cache.obtain, with the experiment's
+    models folder, data folder, device and settings), its history and its test curve
+    (curve.csv), and the spec's key recorded once in claims.json's models."""
+    folder = tmp_path / "one-model"
+    folder.mkdir()
+    _curve(0.5, 0.0).to_csv(folder / "curve.csv", index=False)
+    history = pd.DataFrame({"epoch": [1], "test_acc": [0.5]})
+    calls = []
+
+    def obtain(spec, root, data_dir, device, progress=True, settings=None):
+        calls.append((spec, root, data_dir, device, settings))
+        return Obtained("the model", history, "loaded", folder)
+
+    monkeypatch.setattr(X, "obtain", obtain)
+    spec = exp.profile.spec("nsa-i", space=5)
+    run = exp.trained(spec)
+    assert isinstance(run, Trained) and (run.spec, run.model, run.history) == (spec, "the model", history)
+    pd.testing.assert_frame_equal(run.curve, pd.read_csv(folder / "curve.csv"))
+    assert calls == [(spec, exp.models_dir, exp.data_dir, exp.device, exp.settings)]
+    assert run.label == "NSA-i S=5"
+    exp.trained(spec)
+    assert exp.models == [spec.key]
+    exp.finish()
+    assert json.loads((exp.out / "claims.json").read_text())["models"] == [spec.key]
+
+
+def test_cached_computes_once_per_key(exp):
+    """exp.cached keeps a result under results/<profile>/_shared by name and a hash of its key:
+    the same key is computed once (also by another notebook of the profile), another key again."""
+    calls = []
+
+    def compute(v):
+        calls.append(v)
+        return {"value": v}
+
+    assert exp.cached("numbers", {"model": "a", "n": 1}, lambda: compute(1)) == {"value": 1}
+    assert exp.cached("numbers", {"n": 1, "model": "a"}, lambda: compute(2)) == {"value": 1}   # key order: same
+    assert exp.cached("numbers", {"model": "b", "n": 1}, lambda: compute(3)) == {"value": 3}
+    other = setup("98_other", profile="smoke")
+    assert other.cached("numbers", {"model": "a", "n": 1}, lambda: compute(4)) == {"value": 1}
+    assert calls == [1, 3]
+    shared = exp.out.parent / "_shared"
+    assert len(list(shared.glob("numbers_*.pt"))) == 2
+    next(shared.glob("numbers_*.pt")).write_bytes(b"torn")              # unreadable: computed again
+    exp.cached("numbers", {"model": "a", "n": 1}, lambda: compute(5))
+    exp.cached("numbers", {"model": "b", "n": 1}, lambda: compute(6))
+    assert len(calls) == 3 and calls[-1] in (5, 6)
+
+
+def test_gate_judges_the_runs_curves(exp):
+    """exp.gate is claims.gate on the runs' test curves and training batch sizes."""
+    spec = exp.profile.spec("nsa-i", space=5)
+    flat = Trained(spec, None, pd.DataFrame(), _curve(0.5, 0.0))
+    rising = Trained(spec, None, pd.DataFrame(), _curve(0.5, 0.5))
+    assert exp.gate({"a": flat, "b": flat}, "converged").comparable
+    gate = exp.gate({"a": flat, "b": rising}, "converged")
+    assert not gate.comparable and "b: " in gate.text and "not converged" in gate.text
+    matched = exp.gate({"a": flat, "b": rising}, "matched")
+    assert matched.comparable and f"of {spec.recipe.batch_size} images" in matched.text
+    short = Trained(spec, None, pd.DataFrame(), _curve(0.5, 0.0, steps=50))
+    assert not exp.gate({"a": flat, "b": short}, "matched").comparable
+
+
+def test_figure_is_saved_and_closed_outside_a_notebook(exp, capsys):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    exp.figure(fig, "line")
+    assert not plt.fignum_exists(fig.number)
+    assert (exp.out / "line.png").is_file() and (exp.out / "line.svg").is_file()
+    assert exp.figures == ["99_try/line.png"]
+    exp.say(f"read {repo_root() / 'data'} and **bold**")
+    assert "read data and **bold**" in capsys.readouterr().err

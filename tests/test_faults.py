@@ -24,6 +24,7 @@ from nsa_core import cli
 from nsa_core import data as D
 from nsa_core import plan
 from nsa_core import train as T
+from nsa_core.config import override
 from nsa_core.profiles import get_profile
 
 SETS = ["epochs=1", "synthetic_size=128", "batch_size=32", "width=0.25", "test_size=64"]
@@ -68,7 +69,7 @@ def test_a_damaged_or_wrong_model_is_named_and_never_served(trained, capsys, har
         blob[len(blob) // 2] ^= 0xFF
         (folder / "model.pt").write_bytes(bytes(blob))
     elif harm == "foreign_model":
-        other = spec.with_(seed=1)
+        other = override(spec, {"seed": 1})
         C.get_or_train(other, models, device="cpu", progress=False)
         (folder / "model.pt").write_bytes((C.model_dir(other, models) / "model.pt").read_bytes())
     elif harm == "cut_history":
@@ -88,7 +89,7 @@ def test_a_damaged_or_wrong_model_is_named_and_never_served(trained, capsys, har
 
 def test_a_copied_manifest_of_another_spec_is_caught(trained, capsys):
     models, folder, spec = trained
-    other = spec.with_(seed=1)
+    other = override(spec, {"seed": 1})
     C.get_or_train(other, models, device="cpu", progress=False)
     for name in ("model.pt", "history.csv", "spec.json", "manifest.json"):
         (folder / name).write_bytes((C.model_dir(other, models) / name).read_bytes())
@@ -168,7 +169,7 @@ def test_folders_that_cannot_be_used_are_one_line(tmp_path, capsys, monkeypatch)
 
 
 def test_a_full_disk_while_checkpointing_loses_nothing(tmp_path, capsys, monkeypatch):
-    spec = get_profile("smoke").spec("nsa-i", space=5, **dict(s.split("=") for s in SETS)).with_(epochs=3)
+    spec = get_profile("smoke").spec("nsa-i", space=5, **{**dict(s.split("=") for s in SETS), "epochs": 3})
     saves = []
     real_save = torch.save
 
@@ -236,7 +237,7 @@ def test_the_cache_key_includes_the_data(tmp_path):
 
 
 def test_resuming_with_another_thread_count_says_so(tmp_path, capsys):
-    spec = get_profile("smoke").spec("nsa-i", space=5, **dict(s.split("=") for s in SETS)).with_(epochs=2)
+    spec = get_profile("smoke").spec("nsa-i", space=5, **{**dict(s.split("=") for s in SETS), "epochs": 2})
 
     class Stop(Exception):
         pass

@@ -1,15 +1,16 @@
-"""The model registry: parameter counts of every kind at the paper's size, exact to the
-parameter, computed here from the network's definition (stem, 3 stages of N ReLU-conv-BN
+"""The model registry (kinds.py): parameter counts of every kind at the paper's size, exact to
+the parameter, computed here from the network's definition (stem, 3 stages of N ReLU-conv-BN
 nodes, transitions, head, auxiliary head, aggregation coefficients), independently of the
-code that builds the network."""
+code that builds the network; the wirings each kind is built on; the fast stage flag."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nsa_core import data as D
-from nsa_core.kinds import KINDS
-from nsa_core.kinds import build
-from nsa_core.network import count_params
+from nsa_core import space as sp
+from nsa_core.kinds import KINDS, architectures, build
+from nsa_core.network import CondBN, Stage, count_params
 from nsa_core.profiles import get_profile
 
 S5 = 5
@@ -57,3 +58,43 @@ def test_fixed_wirings_learn_their_aggregation():
     for kind in ("wrn", "wrn-dropout", "single"):
         model = build(get_profile("smoke").spec(kind, space=3 if kind == "single" else 1), 10)
         assert model.agg is not None and model.agg.shape[0] == 1
+
+
+def test_every_kind_is_registered_with_a_known_wiring_and_sampling():
+    assert set(KINDS) == {"nsa", "nsa-i", "nsa-id", "nsa-id-agg", "wrn", "wrn-dropout", "single", "residual"}
+    for name, k in KINDS.items():
+        assert k.wiring in ("space", "residual", "one"), name
+        assert k.sampling in ("batch", "example", "fixed"), name
+        assert k.fixed == (k.sampling == "fixed") == (k.wiring != "space"), name
+        assert k.label, name
+    assert KINDS["nsa"].sampling == "batch" and KINDS["nsa-i"].sampling == KINDS["nsa-id"].sampling == "example"
+    assert not KINDS["residual"].cond_agg and KINDS["wrn"].cond_agg
+
+
+def test_architectures_follow_the_kinds_wiring():
+    """'space': the S architectures of the training space (its seed); 'residual': the residual
+    wiring in every stage; 'one': architecture arch_index of the space, alone."""
+    p = get_profile("smoke")
+    nodes = p.understand.nodes
+    space = sp.training_space(7, nodes, seed=2)
+    for kind in ("nsa", "nsa-i", "nsa-id"):
+        np.testing.assert_array_equal(architectures(p.spec(kind, space=7, space_seed=2)), space)
+    residual = sp.fixed_architecture(sp.residual_wiring(nodes))[None]
+    for kind in ("wrn", "wrn-dropout", "residual"):
+        np.testing.assert_array_equal(architectures(p.spec(kind)), residual)
+    one = architectures(p.spec("single", space=7, space_seed=2, arch_index=4))
+    np.testing.assert_array_equal(one, space[4:5])
+    model = build(p.spec("single", space=7, space_seed=2, arch_index=4), 10)
+    assert model.num_archs == 1 and np.array_equal(model.space.numpy().astype(np.uint8), space[4:5])
+
+
+def test_build_runs_the_chosen_stage_path(monkeypatch):
+    """build(spec, classes, fast=...) fixes which path every stage and per-architecture BN runs."""
+    spec = get_profile("smoke").spec("nsa-id", space=3, width=0.25)
+    for fast in (False, True):
+        model = build(spec, 10, fast=fast)
+        paths = {m.fast for m in model.modules() if isinstance(m, (Stage, CondBN))}
+        assert paths == {fast}
+    assert build(spec, 10).cfg.cond_bn and build(spec, 10).cfg.cond_agg
+    assert build(get_profile("smoke").spec("wrn-dropout"), 10).cfg.dropout > 0
+    assert build(get_profile("smoke").spec("wrn"), 10).cfg.dropout == 0

@@ -36,6 +36,13 @@ def _randomise(model: nn.Module, gen: torch.Generator) -> None:
             model.agg.copy_(torch.randn(model.agg.shape, generator=gen) * 2)
 
 
+@pytest.fixture(params=[True, False], ids=["fast", "reference"])
+def fast(request) -> bool:
+    """Both stage paths: a test taking it runs on a network built with fast=True and on one
+    built with fast=False."""
+    return request.param
+
+
 def _net(S=5, nodes=NODES, width=0.5, seed=0, double=True, randomise=True, fast=False, **cfg):
     space = sp.training_space(S, nodes=nodes, seed=seed)
     model = WiredNet(space, NetConfig(width=width, nodes=nodes, **cfg), fast=fast)
@@ -91,8 +98,8 @@ def test_mixed_batch_equals_per_example(cfg, fast):
         assert (out - model(x, 0)).abs().amax() > 1e-3
 
 
-def test_explicit_wirings_mixed_batch_equals_per_example():
-    model, space = _net()
+def test_explicit_wirings_mixed_batch_equals_per_example(fast):
+    model, space = _net(fast=fast)
     w = sp.unseen_architectures(B, space, seed=0)          # [B, 3, N+1, N+1]
     x = _x()
     with torch.no_grad():
@@ -102,8 +109,8 @@ def test_explicit_wirings_mixed_batch_equals_per_example():
         assert (out - model(x, wirings=w[0])).abs().amax() > 1e-3
 
 
-def test_explicit_wirings_equal_space_entries():
-    model, space = _net()
+def test_explicit_wirings_equal_space_entries(fast):
+    model, space = _net(fast=fast)
     x = _x()
     with torch.no_grad():
         for k in range(len(space)):
@@ -111,9 +118,9 @@ def test_explicit_wirings_equal_space_entries():
         _close(model(x, wirings=space[ARCH]), model(x, torch.tensor(ARCH)))  # per example
 
 
-def test_shared_index_batch_equals_per_example_path():
+def test_shared_index_batch_equals_per_example_path(fast):
     for cfg in (dict(), dict(cond_bn=True, cond_agg=True)):
-        model, space = _net(**cfg)
+        model, space = _net(fast=fast, **cfg)
         x, k = _x(), 3
         with torch.no_grad():
             shared = model(x, k)
@@ -154,8 +161,8 @@ def test_forward_argument_errors():
         plain(x, wirings=sp.training_space(1, nodes=NODES + 1)[0])
 
 
-def test_conditional_aggregation_is_per_architecture():
-    model, _ = _net(S=4, cond_agg=True)
+def test_conditional_aggregation_is_per_architecture(fast):
+    model, _ = _net(S=4, cond_agg=True, fast=fast)
     arch = torch.tensor([0, 1, 2, 3, 2, 1, 0, 2])
     x = _x(len(arch))
     with torch.no_grad():
@@ -207,8 +214,8 @@ def _trained_model(**cfg):
 
 @pytest.mark.parametrize("mode", ["train", "test"])
 @pytest.mark.parametrize("outer", ["train", "eval"])
-def test_bn_mode_changes_nothing(mode, outer):
-    model = _trained_model(cond_bn=True, cond_agg=True)
+def test_bn_mode_changes_nothing(mode, outer, fast):
+    model = _trained_model(cond_bn=True, cond_agg=True, fast=fast)
     getattr(model, outer)()
     # submodules deliberately left in the other mode must come back as they were
     model.stem_bn.train(outer == "eval")
@@ -229,8 +236,9 @@ def test_bn_mode_changes_nothing(mode, outer):
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-def test_bn_mode_outputs():
-    model = _trained_model()
+@pytest.mark.parametrize("cond_bn", [False, True], ids=["shared-bn", "per-arch-bn"])
+def test_bn_mode_outputs(fast, cond_bn):
+    model = _trained_model(cond_bn=cond_bn, fast=fast)
     _randomise(model, torch.Generator().manual_seed(3))  # running stats far from any batch's
     x, arch = _x(6), torch.tensor([0, 2, 1, 1, 0, 2])
     with torch.no_grad():
@@ -245,8 +253,8 @@ def test_bn_mode_outputs():
 
 
 @pytest.mark.parametrize("archs", [0, 3])
-def test_bn_mode_single_layer_manual(archs):
-    bn = CondBN(5, archs).double()
+def test_bn_mode_single_layer_manual(archs, fast):
+    bn = CondBN(5, archs, fast=fast).double()
     _randomise(bn, torch.Generator().manual_seed(4))
     bn.num_batches_tracked.fill_(3)
     saved = _state(bn)
@@ -329,8 +337,8 @@ def test_with_aux(aux):
     assert isinstance(plain, torch.Tensor) and plain.shape == (5, 7)
 
 
-def test_gradients_reach_only_used_architectures():
-    model, space = _net(S=4, nodes=3, width=0.25, cond_agg=True, cond_bn=True)
+def test_gradients_reach_only_used_architectures(fast):
+    model, space = _net(S=4, nodes=3, width=0.25, cond_agg=True, cond_bn=True, fast=fast)
     model.train()
     arch = torch.tensor([0, 2, 0, 2, 2, 0])
     y = torch.tensor([1, 3, 5, 7, 9, 0])
@@ -352,8 +360,8 @@ def test_gradients_reach_only_used_architectures():
             assert all(p.grad[k].abs().sum() > 0 for k in used)
 
 
-def test_float64():
-    model32, space = _net(double=False, cond_bn=True, cond_agg=True, aux=True)
+def test_float64(fast):
+    model32, space = _net(double=False, cond_bn=True, cond_agg=True, aux=True, fast=fast)
     model64 = copy.deepcopy(model32).double()
     assert all(p.dtype == torch.float64 for p in model64.parameters())
     x = _x(4, torch.float32)
@@ -364,7 +372,7 @@ def test_float64():
     assert out64.dtype == aux64.dtype == torch.float64
     torch.testing.assert_close(out64.float(), out32, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(aux64.float(), aux32, rtol=1e-3, atol=1e-4)
-    plain, space = _net(double=True)
+    plain, space = _net(double=True, fast=fast)
     out = plain(x.double(), wirings=space[[0, 1, 2, 3]])
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
 

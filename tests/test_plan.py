@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nsa_core import data as D
 from nsa_core import plan
-from nsa_core.profiles import get_profile
+from nsa_core.kinds import architectures
+from nsa_core.profiles import PROFILES, get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,10 +22,14 @@ def test_the_tiny_plan():
     specs = plan.specs("tiny", [f"{i:02d}" for i in range(1, 9)])
     kinds = [s.kind for s, _ in specs.values()]
     # 01/02: NSA and NSA-i at S = 500, 5000; 03: NSA-id-agg at 500; 04: NSA-i at 5, 50 (and 01's);
-    # 05-07: WRN, WRN + dropout, 5 individuals, NSA-id on CIFAR-10 and CIFAR-100; 08: three semi
-    assert len(specs) == 26 and kinds.count("single") == 10 and kinds.count("nsa-i") == 4
+    # 05-07: WRN, WRN + dropout, 5 individuals, NSA-id on CIFAR-10 and CIFAR-100, and 05's sanity
+    # section's NSA-i at S = 1 (its NSA-i at S = 5 is 04's: at tiny the understand and explore
+    # recipes are one; its individual and WRN are Table 2's); 08: three semi
+    assert len(specs) == 27 and kinds.count("single") == 10 and kinds.count("nsa-i") == 5
+    assert sorted(s.space for s, _ in specs.values() if s.kind == "nsa-i") == [1, 5, 50, 500, 5000]
     shared = specs[get_profile("tiny").spec("nsa-i", space=500, seed=0).key][1]
     assert shared == ("01_bn_disparity", "02_instance_archs", "03_mode_collapse", "04_unseen_archs")
+    assert specs[get_profile("tiny").spec("nsa-i", "explore", space=1).key][1] == ("05_ensemble",)
     assert set(plan.specs("tiny", ["1", "03"])) < set(specs)
     with pytest.raises(KeyError, match="no notebook numbered"):
         plan.specs("tiny", ["99"])
@@ -33,6 +39,68 @@ def test_09_trains_nothing_of_its_own_at_tiny():
     """At tiny, 09 compares five architectures: 05's individuals and the S = 5 models."""
     others = set(plan.specs("tiny", [f"{i:02d}" for i in range(1, 9)]))
     assert set(plan.specs("tiny", ["09"])) <= others
+
+
+def test_the_whole_tiny_plan_and_the_tour(monkeypatch):
+    """00's models are 01's where the profile's data are on disk, else the same two kinds on the
+    synthetic set; 09 adds nothing at tiny."""
+    monkeypatch.setattr(D, "on_disk", lambda *a, **k: True)
+    with_data = plan.specs("tiny")
+    assert len(with_data) == 27 and set(plan.specs("tiny", ["00"])) <= set(plan.specs("tiny", ["01"]))
+    monkeypatch.setattr(D, "on_disk", lambda *a, **k: False)
+    without = plan.specs("tiny")
+    tour = [s for s, _ in plan.specs("tiny", ["00"]).values()]
+    assert len(without) == 29 and set(without) - set(with_data) == {s.key for s in tour}
+    assert [(s.kind, s.space, s.recipe.dataset) for s in tour] == [("nsa", 500, "synthetic"), ("nsa-i", 500, "synthetic")]
+    assert tour[0].recipe.synthetic_size == get_profile("tiny").understand.train_size
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_each_model_is_declared_once(profile):
+    """No notebook asks for one model twice (05's sanity section shares Table 2's), and every
+    spec of the plan is one model (one key, one spec)."""
+    for stem in plan.NOTEBOOK_MODELS:
+        keys = [s.key for s in plan.asked_by(stem, profile, data_dir="/nonexistent")]
+        assert len(keys) == len(set(keys)), stem
+    every = plan.specs(profile, data_dir="/nonexistent")
+    assert all(spec.key == key for key, (spec, _) in every.items())
+    assert len({spec for spec, _ in every.values()}) == len(every)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_05s_sanity_section_trains_one_architecture_three_ways(profile):
+    p = get_profile(profile)
+    s = plan.sanity(p)
+    one = architectures(s["single"])
+    assert (architectures(s["nsa-i S=1"]) == one).all()
+    assert (architectures(s[f"nsa-i S={p.space_ensemble}"])[:1] == one).all()
+    assert s["single"] == plan.table2(p, p.explore.dataset)["single"][0]
+    assert s["wrn"] == plan.table2(p, p.explore.dataset)["wrn"][0]
+    assert {spec.recipe for spec in s.values()} == {p.explore}
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_09s_first_singles_are_05s_individuals(profile):
+    p = get_profile(profile)
+    singles = plan.proxy(p)["single"]
+    assert len(singles) == p.proxy_archs and [s.arch_index for s in singles] == list(range(p.proxy_archs))
+    assert singles[:p.space_ensemble] == plan.table2(p, p.explore.dataset)["single"]
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_09s_architecture_k_is_the_shared_spaces_architecture_k(profile):
+    """Trained alone or under shared weights, architecture k of 09 is one wiring: each single's
+    wiring is architecture k of the NSA-i (and NSA-id) space, whatever space its spec names."""
+    p = get_profile(profile)
+    d = plan.proxy(p)
+    shared = architectures(d["nsa-i"][0])
+    assert shared.shape[0] == p.proxy_archs
+    assert (architectures(d["nsa-id"][0]) == shared).all()
+    for k, single in enumerate(d["single"]):
+        wiring = architectures(single)
+        assert wiring.shape[0] == 1 and (wiring[0] == shared[k]).all(), k
+    # the check can fail: the architectures of one space differ from one another
+    assert len({shared[k].tobytes() for k in range(p.proxy_archs)}) == p.proxy_archs
 
 
 def test_overrides_and_seed_give_other_specs():

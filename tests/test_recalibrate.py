@@ -1,4 +1,4 @@
-"""Per-architecture BN recalibration (evaluate.recalibrated_scores, beyond the paper): it
+"""Per-architecture BN recalibration (beyond.recalibrated_scores, beyond the paper): it
 changes nothing but BN running statistics, restores them bit for bit, averages exactly K
 batches, and one architecture recalibrated on one batch scores as training-mode BN on it."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nsa_core import data as D, evaluate as E, space as sp
+from nsa_core import beyond as R, data as D, evaluate as E, space as sp
 from nsa_core.network import NetConfig, WiredNet
 
 NORM = "synthetic"
@@ -49,7 +49,7 @@ def test_restores_everything_bit_for_bit(images, cond_bn):
     before = _state(net)
     momenta = [m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     flags = [m.training for m in net.modules()]
-    scores = E.recalibrated_scores(net, x, x[:64], y[:64], NORM, archs=[0, 2], batches=[1, 3], batch_size=32)
+    scores = R.recalibrated_scores(net, x, x[:64], y[:64], NORM, archs=[0, 2], batches=[1, 3], batch_size=32)
     assert list(scores.columns) == ["arch", "batches", "acc", "loss"]
     assert scores[["arch", "batches"]].values.tolist() == [[0, 1], [0, 3], [2, 1], [2, 3]]
     after = _state(net)
@@ -62,10 +62,10 @@ def test_changes_nothing_but_bn_statistics_while_recalibrated(images):
     net = _net(cond_bn=True)
     x, _ = images
     before = _state(net)
-    with E._bn_statistics_kept(net) as bns:
+    with R._bn_statistics_kept(net) as bns:
         for m in bns:
             m.reset_running_stats()
-        E._calibrate(net, bns, x, NORM, E._calibration_batches(len(x), 2, 32, 0), torch.arange(4), None, 1)
+        R._calibrate(net, bns, x, NORM, R._calibration_batches(len(x), 2, 32, 0), torch.arange(4), None, 1)
         inside = _state(net)
         changed = {k for k in before if not torch.equal(before[k], inside[k])}
     assert changed and all(_bn_buffer(k) for k in changed), sorted(changed)
@@ -76,13 +76,13 @@ def test_changes_nothing_but_bn_statistics_while_recalibrated(images):
 def test_statistics_are_the_exact_average_of_k_batches(images):
     net = _net()
     x, _ = images
-    index = E._calibration_batches(len(x), 3, 32, seed=5)
+    index = R._calibration_batches(len(x), 3, 32, seed=5)
     seen = []
     hook = net.stem_bn.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().double()))
-    with E._bn_statistics_kept(net) as bns:
+    with R._bn_statistics_kept(net) as bns:
         for m in bns:
             m.reset_running_stats()
-        E._calibrate(net, bns, x, NORM, index, torch.arange(4), None, 2)
+        R._calibrate(net, bns, x, NORM, index, torch.arange(4), None, 2)
         mean, var = net.stem_bn.running_mean.double(), net.stem_bn.running_var.double()
     hook.remove()
     assert len(seen) == 3
@@ -99,7 +99,7 @@ def test_one_batch_recalibration_matches_training_mode_bn(images):
     x, y = images
     x, y = x[:128], y[:128]
     for arch in (0, 3):
-        recal = E.recalibrated_scores(net, x, x, y, NORM, archs=[arch], batches=1, batch_size=len(x), batch=len(x))
+        recal = R.recalibrated_scores(net, x, x, y, NORM, archs=[arch], batches=1, batch_size=len(x), batch=len(x))
         train = E.arch_scores(net, x, y, NORM, archs=[arch], bn="train", batch=len(x))
         test = E.arch_scores(net, x, y, NORM, archs=[arch], bn="test", batch=len(x))
         assert recal.acc[0] == pytest.approx(train.acc[0], abs=1 / 128 + 1e-9)
@@ -111,9 +111,9 @@ def test_one_batch_recalibration_matches_training_mode_bn(images):
 def test_sweep_over_k_equals_separate_runs(images):
     net = _net()
     x, y = images
-    sweep = E.recalibrated_scores(net, x, x[:64], y[:64], NORM, archs=[1], batches=[5, 2], batch_size=32, seed=4)
+    sweep = R.recalibrated_scores(net, x, x[:64], y[:64], NORM, archs=[1], batches=[5, 2], batch_size=32, seed=4)
     for k in (2, 5):
-        alone = E.recalibrated_scores(net, x, x[:64], y[:64], NORM, archs=[1], batches=k, batch_size=32, seed=4)
+        alone = R.recalibrated_scores(net, x, x[:64], y[:64], NORM, archs=[1], batches=k, batch_size=32, seed=4)
         row = sweep[sweep.batches == k]
         assert np.allclose(row[["acc", "loss"]].to_numpy(), alone[["acc", "loss"]].to_numpy(), atol=1e-6)
 
@@ -122,9 +122,9 @@ def test_explicit_wirings_and_bad_arguments(images):
     net = _net()
     x, y = images
     w = sp.unseen_architectures(2, sp.training_space(4, nodes=3, seed=0))
-    scores = E.recalibrated_scores(net, x, x[:32], y[:32], NORM, wirings=w, batches=1, batch_size=32)
+    scores = R.recalibrated_scores(net, x, x[:32], y[:32], NORM, wirings=w, batches=1, batch_size=32)
     assert scores.arch.tolist() == [0, 1]
     with pytest.raises(ValueError, match="batches"):
-        E.recalibrated_scores(net, x, x[:32], y[:32], NORM, batches=0)
+        R.recalibrated_scores(net, x, x[:32], y[:32], NORM, batches=0)
     with pytest.raises(ValueError, match="fewer than one batch"):
-        E.recalibrated_scores(net, x[:16], x[:32], y[:32], NORM, batch_size=32)
+        R.recalibrated_scores(net, x[:16], x[:32], y[:32], NORM, batch_size=32)

@@ -262,24 +262,60 @@ def test_validate_architecture():
 
 # ------------------------------------------------------------------ drawing
 
-def test_draw_architecture():
+def _skips(wiring: np.ndarray) -> str:
+    k = int(wiring.sum()) - len(wiring)
+    return f"{k} skip edge{'' if k == 1 else 's'}"
+
+
+def test_draw_architectures_one_row():
+    """One architecture: its three stage graphs, each titled with its stage and skip-edge count,
+    one arrow per wiring entry (chain and skips); a malformed architecture is refused."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
     arch = sp.training_space(1, nodes=8, seed=0)[0]
-    fig = sp.draw_architecture(arch, title="seen #0")
+    fig = sp.draw_architectures({"seen #0": arch})
     try:
         assert isinstance(fig, Figure)
         assert len(fig.axes) == 3
+        assert [sf._suptitle.get_text() for sf in fig.subfigs] == ["seen #0"]
         for s, ax in enumerate(fig.axes):
-            assert ax.get_title() == f"stage {s + 1}: {int(arch[s].sum()) - 9} skip edges"
+            assert ax.get_title() == f"stage {s + 1}\n{_skips(arch[s])}"
             assert len(ax.patches) == int(arch[s].sum())  # one arrow per wiring entry
     finally:
         plt.close(fig)
     with pytest.raises(ValueError):
-        sp.draw_architecture(arch[:2])
+        sp.draw_architectures({"two stages": arch[:2]})
+    plt.close("all")
+
+
+def test_draw_wirings_graph_above_matrix():
+    """draw_wirings: per wiring a column with its graph (one arrow per entry) above its 0/1
+    matrix (every lower-triangle entry written out); a malformed wiring is refused."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wirings = {"residual": sp.residual_wiring(4), "chain": sp.chain_wiring(4)}
+    fig = sp.draw_wirings(wirings, title="two wirings")
+    try:
+        assert len(fig.axes) == 4 and fig._suptitle.get_text() == "two wirings"
+        graphs, matrices = fig.axes[:2], fig.axes[2:]
+        for (name, w), graph, matrix in zip(wirings.items(), graphs, matrices):
+            assert graph.get_title() == f"{name}\n{_skips(w)}"
+            assert len(graph.patches) == int(w.sum())
+            assert len(matrix.images) == 1
+            assert sorted(t.get_text() for t in matrix.texts) == sorted(str(w[i, j]) for i in range(5)
+                                                                         for j in range(i + 1))
+    finally:
+        plt.close(fig)
+    bad = sp.chain_wiring(4)
+    bad[0, 3] = 1
+    with pytest.raises(ValueError, match="lower-triangular"):
+        sp.draw_wirings({"bad": bad})
+    plt.close("all")
 
 
 def test_draw_architectures_puts_each_architecture_in_a_row():
