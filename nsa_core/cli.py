@@ -187,7 +187,7 @@ def _train_all_plan(args, sets, data) -> tuple[list, list, list]:
             except D.DataMissing as e:
                 missing[dataset] = str(e)
     items = build_plan(args.profile, args.notebooks, args.models_dir, data, seed=args.seed, sets=sets)
-    todo = [it for it in items if it.needs_training]
+    todo = sorted((it for it in items if it.needs_training), key=lambda it: -it.work)   # longest first
     absent = [it for it in items if it.state == NO_DATA]
     for dataset in sorted({it.spec.recipe.dataset for it in absent}):   # one line per data set
         left = [it for it in absent if it.spec.recipe.dataset == dataset]

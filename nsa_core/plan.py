@@ -107,6 +107,9 @@ NOTEBOOK_MODELS: dict[str, Callable[[Profile, int, Any], list[ModelSpec]]] = {
     "09_nas_proxy": lambda p, seed, _: _flat(proxy(p, seed)),
 }
 
+# the training images of CIFAR-10 and CIFAR-100, for the work estimate of a model without a subset
+FULL_TRAIN_SIZE = 50000
+
 TRAINED, PARTIAL, MISSING, DAMAGED, NO_DATA = "trained", "partial", "missing", "damaged", "no data"
 
 
@@ -149,6 +152,19 @@ class Item:
         h = pd.read_csv(self.folder / "history.csv")
         return {"epochs": int(h.epoch.iloc[-1]), "test_acc": float(h.test_acc.iloc[-1]),
                 "seconds": float(h.seconds.sum())}
+
+    @property
+    def work(self) -> float:
+        """Images its training still has to process, in units of one supervised image (a
+        semi-supervised step takes a labelled and an unlabelled batch; a per-architecture
+        aggregation or BN costs about 1.25x, measured by `make bench`): train-all starts the
+        longest first, so that its workers finish together."""
+        r = self.spec.recipe
+        size = r.synthetic_size if r.dataset == "synthetic" else FULL_TRAIN_SIZE
+        images = (r.unlabelled or size - r.labelled) if self.spec.semi else (r.train_size or size)
+        kind = KINDS[self.spec.kind]
+        per_image = (2 if self.spec.semi else 1) * (1.25 if kind.cond_agg and not kind.fixed else 1)
+        return (r.epochs - self.epoch) * images * per_image
 
     def describe(self) -> str:
         if self.state == PARTIAL:

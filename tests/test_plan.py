@@ -23,10 +23,10 @@ def test_the_tiny_plan():
     kinds = [s.kind for s, _ in specs.values()]
     # 01/02: NSA and NSA-i at S = 500, 5000; 03: NSA-id-agg at 500; 04: NSA-i at 5, 50 (and 01's);
     # 05-07: WRN, WRN + dropout, 5 individuals, NSA-id on CIFAR-10 and CIFAR-100, and 05's sanity
-    # section's NSA-i at S = 1 (its NSA-i at S = 5 is 04's: at tiny the understand and explore
-    # recipes are one; its individual and WRN are Table 2's); 08: three semi
-    assert len(specs) == 27 and kinds.count("single") == 10 and kinds.count("nsa-i") == 5
-    assert sorted(s.space for s, _ in specs.values() if s.kind == "nsa-i") == [1, 5, 50, 500, 5000]
+    # section's NSA-i at S = 1 and S = 5 (not 04's: at tiny Sec. 5's models train a shorter
+    # recipe; its individual and WRN are Table 2's); 08: three semi
+    assert len(specs) == 28 and kinds.count("single") == 10 and kinds.count("nsa-i") == 6
+    assert sorted(s.space for s, _ in specs.values() if s.kind == "nsa-i") == [1, 5, 5, 50, 500, 5000]
     shared = specs[get_profile("tiny").spec("nsa-i", space=500, seed=0).key][1]
     assert shared == ("01_bn_disparity", "02_instance_archs", "03_mode_collapse", "04_unseen_archs")
     assert specs[get_profile("tiny").spec("nsa-i", "explore", space=1).key][1] == ("05_ensemble",)
@@ -46,13 +46,42 @@ def test_the_whole_tiny_plan_and_the_tour(monkeypatch):
     synthetic set; 09 adds nothing at tiny."""
     monkeypatch.setattr(D, "on_disk", lambda *a, **k: True)
     with_data = plan.specs("tiny")
-    assert len(with_data) == 27 and set(plan.specs("tiny", ["00"])) <= set(plan.specs("tiny", ["01"]))
+    assert len(with_data) == 28 and set(plan.specs("tiny", ["00"])) <= set(plan.specs("tiny", ["01"]))
     monkeypatch.setattr(D, "on_disk", lambda *a, **k: False)
     without = plan.specs("tiny")
     tour = [s for s, _ in plan.specs("tiny", ["00"]).values()]
-    assert len(without) == 29 and set(without) - set(with_data) == {s.key for s in tour}
+    assert len(without) == 30 and set(without) - set(with_data) == {s.key for s in tour}
     assert [(s.kind, s.space, s.recipe.dataset) for s in tour] == [("nsa", 500, "synthetic"), ("nsa-i", 500, "synthetic")]
     assert tour[0].recipe.synthetic_size == get_profile("tiny").understand.train_size
+
+
+def test_the_tiny_budget_goes_to_secs_3_and_4():
+    """01-04's models train about 1,200 steps of 128 images, Sec. 5's a shorter demonstration;
+    every test curve has at least the convergence gate's points in its last fifth."""
+    from nsa_core.claims import LAST_PART, MIN_CURVE_POINTS
+    from nsa_core.train import steps_per_epoch
+    p = get_profile("tiny")
+    steps = {name: r.epochs * steps_per_epoch(r.train_size or r.unlabelled, r.batch_size)
+             for name, r in (("understand", p.understand), ("explore", p.explore), ("semi", p.semi))}
+    assert steps["understand"] == 1200 and p.understand.batch_size == 128
+    assert steps["explore"] * p.explore.batch_size < steps["understand"] * p.understand.batch_size / 4
+    for name, r in (("understand", p.understand), ("explore", p.explore), ("semi", p.semi)):
+        per_epoch = steps[name] // r.epochs   # evaluations every eval_every steps and at each epoch's end
+        points = set(range(r.eval_every, steps[name] + 1, r.eval_every)) | set(range(per_epoch, steps[name] + 1, per_epoch))
+        assert sum(t >= (1 - LAST_PART) * steps[name] for t in points) >= MIN_CURVE_POINTS, name
+
+
+def test_train_all_starts_the_longest_model_first(tmp_path):
+    """Longest first, so that the workers finish together: at tiny the per-architecture
+    aggregation model of 03 (the most work), then 01-04's models, Sec. 5's last."""
+    items = sorted(plan.build_plan("tiny", [f"{i:02d}" for i in range(1, 10)], models_dir=tmp_path),
+                   key=lambda it: -it.work)
+    assert items[0].spec.kind == "nsa-id-agg"
+    understand = set(plan.specs("tiny", ["01", "02", "03", "04"]))
+    n = len(understand)
+    assert {it.key for it in items[:n]} == understand
+    half = plan.Item(items[0].spec, (), None, plan.PARTIAL, epoch=items[0].spec.recipe.epochs // 2)
+    assert half.work == items[0].work / 2
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
