@@ -18,6 +18,10 @@ batch 128, 10 classes, no auxiliary head:
   tracemalloc does not see its allocations, so RSS is the honest measure here. Like the
   trainer, the benchmark keeps freed memory in the process (`runtime.keep_freed_memory`);
   the page faults of a settled NSA-i step with and without that setting are reported too;
+- torch.compile on the CPU: NSA-i with its nodes compiled ('nsa-i-compiled', and the seconds
+  of its first step, mostly the compiler's) against the same model uncompiled; both on the
+  reference stage ('nsa-i-reference'), since the fast stage, the CPU's default, does not call
+  the node modules. Where the CPU has native bf16, every variant in bf16 autocast too;
 - torch.profiler's table of one NSA-i step: what limits it.
 Results go to results/bench/cpu.csv (variant, metric, value, ratio, target, met).
 
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -198,7 +203,7 @@ def main(args) -> int:
     print(f"nsa bench: CPU, {threads} threads, width {WIDTH:g}, {NODES} nodes, batch {BATCH}, "
           f"S = {SPACE}; {WARMUP} warm-up + {args.steps} timed steps per variant, round-robin, medians; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    models, steps = _cpu_trainers(device, settings)
+    models, steps, first_compiled = _cpu_trainers(device, settings)
     x, y = random_batch(BATCH, device)
     wall, cpu = round_robin(steps, x, y, args.steps)
     table = profile_table(steps["nsa-i"], x, y)
@@ -207,6 +212,8 @@ def main(args) -> int:
     rows = _throughput_rows(ips, wall, cpu)
     ens, diff = ensemble_times(models["nsa-i"].eval(), reps=max(3, args.steps // 2))
     rows += _ensemble_rows(ens) + _memory_rows()
+    if first_compiled is not None:
+        rows.append(_row("nsa-i-compiled", "first_step_s_incl_compile", first_compiled))
 
     df = pd.DataFrame(rows)
     out = Path(args.out)
@@ -225,18 +232,31 @@ def main(args) -> int:
     return 0
 
 
-def _cpu_trainers(device: torch.device, settings: runtime.Settings) -> tuple[dict, dict[str, Step]]:
-    """Every variant's model and training step; where the CPU has native bf16, each variant's
-    bf16 step too ("NAME-bf16")."""
+def _cpu_trainers(device: torch.device, settings: runtime.Settings) -> tuple[dict, dict[str, Step], float | None]:
+    """Every variant's model and training step, NSA-i's on the reference stage with and without
+    compiled nodes, and the seconds of the compiled one's first step; where the CPU has native
+    bf16, each variant's bf16 step too ("NAME-bf16")."""
     models, steps = {}, {}
     for name, (kind, space) in VARIANTS.items():
         models[name], steps[name] = trainer(kind, space, device, settings=settings)
+    # torch.compile on the CPU: the fast stage does not call the node modules, so the compiled
+    # nodes are timed on the reference stage, against the reference stage uncompiled
+    for name, compiled in (("nsa-i-reference", "0"), ("nsa-i-compiled", "1")):
+        steps[name] = trainer("nsa-i", SPACE, device, settings=replace(settings, stage="reference", compile=compiled))[1]
+    t0 = time.perf_counter()
+    try:   # inductor needs a C++ compiler on the CPU
+        steps["nsa-i-compiled"](*random_batch(BATCH, device))
+        first_compiled = time.perf_counter() - t0   # the compiler's wait, mostly
+    except Exception as e:   # noqa: BLE001 - any compiler failure: the row is left out, said once
+        print(f"torch.compile: not measured ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        del steps["nsa-i-compiled"]
+        first_compiled = None
     bf16 = runtime.native_bf16()   # emulated bf16 is slower than fp32: measured only where native
     print(f"bf16 autocast: {'measured too (native bf16 on this CPU)' if bf16 else 'not measured (no native bf16 on this CPU)'}")
     if bf16:
         for name, (kind, space) in VARIANTS.items():
             steps[f"{name}-bf16"] = trainer(kind, space, device, bf16=True, settings=settings)[1]
-    return models, steps
+    return models, steps, first_compiled
 
 
 def _throughput_rows(ips: dict[str, float], wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> list[dict]:

@@ -172,13 +172,12 @@ def three_modes(exp: Experiment, runs_by_S: dict[int, Trained], n: int, k: int,
     S, bn ('train', 'test' as notebooks 01-02 score them; 'recalibrated' with K = k), arch,
     acc, loss. With `sweep` (several K), the first S is recalibrated at each of them, at the
     cost of the largest; sweep has columns S, arch, batches, acc, loss (empty without)."""
-    from .understand import seen_scores
 
     modes, swept = [], []
     for j, (S, run) in enumerate(runs_by_S.items()):
         archs = list(range(min(n, S)))
         for bn in ("train", "test"):
-            modes.append(seen_scores(exp, run, bn, len(archs)).assign(S=S, bn=bn))
+            modes.append(exp.seen_scores(run, bn, len(archs)).assign(S=S, bn=bn))
         ks = tuple(sorted(set(sweep) | {k})) if sweep and j == 0 else (k,)
         rec = recalibrated(exp, run, archs, ks).assign(S=S)
         if len(ks) > 1:
@@ -203,20 +202,19 @@ def recalibration_claim(exp: Experiment, modes: pd.DataFrame, n: int, k: int, ga
     """01's claim beyond the paper, on NSA's three BN modes at every S: recalibration removes the
     disparity, i.e. it lifts the test-mode accuracy, to the training-mode level (within
     LEVEL_TOL), and shrinks the spread across architectures. One fact, one claim."""
-    from .understand import arch_difference, by_S
 
     spaces = list(dict.fromkeys(modes.S))
     at = {S: modes[modes.S == S] for S in spaces}
-    lift = {S: arch_difference(at[S], "bn", "recalibrated", "test", seed=exp.seed) for S in spaces}
-    level = {S: arch_difference(at[S], "bn", "recalibrated", "train", seed=exp.seed) for S in spaces}
-    shrink = {S: arch_difference(at[S], "bn", "test", "recalibrated", C.spread, exp.seed) for S in spaces}
+    lift = {S: C.arch_difference(at[S], "bn", "recalibrated", "test", seed=exp.seed) for S in spaces}
+    level = {S: C.arch_difference(at[S], "bn", "recalibrated", "train", seed=exp.seed) for S in spaces}
+    shrink = {S: C.arch_difference(at[S], "bn", "test", "recalibrated", C.spread, exp.seed) for S in spaces}
     parts = [C.verdict(d, gate.comparable) for d in [*lift.values(), *shrink.values()]]
     parts += [C.equivalence(d, LEVEL_TOL, gate.comparable) for d in level.values()]
     exp.claim("Recalibrating BN per architecture removes NSA's disparity: test-mode accuracy rises to the "
               "training-mode level and its spread across architectures shrinks",
               paper="not studied (the paper attributes the disparity to BN's running statistics, Sec. 3)",
-              reproduced=f"mean recalibrated - test mode: {by_S(lift)}; recalibrated - training mode: {by_S(level)}; "
-                         f"std test mode - std recalibrated: {by_S(shrink)} ({n} architectures per S, K = {k})",
+              reproduced=f"mean recalibrated - test mode: {C.by_S(lift)}; recalibrated - training mode: {C.by_S(level)}; "
+                         f"std test mode - std recalibrated: {C.by_S(shrink)} ({n} architectures per S, K = {k})",
               verdict=C.all_of(parts), kind=C.BEYOND,
               rule=f"bootstrap over architectures; holds if the lift and the shrink lie above 0 and recalibrated - "
                    f"training mode within +-{LEVEL_TOL} at every S. Training gate: {gate.text}")
@@ -225,14 +223,13 @@ def recalibration_claim(exp: Experiment, modes: pd.DataFrame, n: int, k: int, ga
 def instance_recalibration_claim(exp: Experiment, three: pd.DataFrame, n: int, k: int, gate: C.Gate) -> None:
     """02's claim beyond the paper: with BN recalibrated, NSA-i's architectures still score
     higher than NSA's (three: both models' three BN modes, column model)."""
-    from .understand import arch_difference, by_S
 
     rec = three[three.bn == "recalibrated"]
-    still = {S: arch_difference(rec[rec.S == S], "model", "NSA-i", "NSA", seed=exp.seed)
+    still = {S: C.arch_difference(rec[rec.S == S], "model", "NSA-i", "NSA", seed=exp.seed)
              for S in dict.fromkeys(three.S)}
     exp.claim("With BN recalibrated, NSA-i's architectures still score higher than NSA's (instance-level sampling "
               "still pays)", paper="not studied (NSA-i is the paper's fix for test-mode BN, Sec. 3)",
-              reproduced=f"mean accuracy recalibrated, NSA-i - NSA: {by_S(still)} ({n} architectures per S, K = {k})",
+              reproduced=f"mean accuracy recalibrated, NSA-i - NSA: {C.by_S(still)} ({n} architectures per S, K = {k})",
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in still.values()), kind=C.BEYOND,
               rule=f"the same architectures of each space under both models, bootstrap over architectures; holds if "
                    f"the interval lies above 0 at every S. Training gate: {gate.text}")

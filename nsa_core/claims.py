@@ -343,6 +343,16 @@ def paired(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], a, b, seed
     return bootstrap(lambda i: statistic(a[i], b[i]), len(a), seed=seed)
 
 
+def arch_difference(scores: pd.DataFrame, column: str, a, b, stat=None, seed: int = 0) -> Estimate:
+    """stat(accuracies under `a`) - stat(accuracies under `b`) of the same architectures
+    (`column` tells a from b: the BN mode, or the model on one training space), with the
+    interval of a bootstrap over architectures: the rows of one resample are the same
+    architectures under both. `stat` reduces the last axis (default the mean; spread)."""
+    stat = stat or (lambda v: v.mean(-1))
+    wide = scores.pivot(index="arch", columns=column, values="acc").dropna()
+    return paired(lambda x, y: stat(x) - stat(y), wide[a], wide[b], seed=seed)
+
+
 def two_sample(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], a, b, seed: int = 0) -> Estimate:
     """statistic(a, b) of two independent samples, each resampled on its own; `statistic`
     reduces the last axis of its two arguments."""
@@ -455,6 +465,11 @@ def curve_instability(history: pd.DataFrame, column: str = "test_acc") -> np.nda
 
 
 # ---------------------------------------------------------------------- rendering
+
+def by_S(estimates: dict) -> str:
+    """'S=500: a [lo, hi], S=5000: ...' of estimates keyed by S."""
+    return ", ".join(f"S={S}: {e}" for S, e in estimates.items())
+
 
 def tally(claims: pd.DataFrame) -> pd.DataFrame:
     """Verdict counts per kind of claim: rows CLAIM_KINDS (those present), columns VERDICTS."""

@@ -211,7 +211,8 @@ def _train_locally(args, todo, requested: int, threads: int | None, models, data
         # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
         # when everything was cached, so that a rerun does not count an old training
         # again; none for a run that failed
-        from .reproduce import TRAIN_ALL, save_timings
+        from .experiment import save_timings
+        from .reproduce import TRAIN_ALL
         save_timings(results, {TRAIN_ALL: time.time() - t0})
     return outcomes
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import claims as C
 from . import data as D
-from . import paths, runtime
+from . import evaluate, paths, runtime
 from .cache import obtain
 from .checkpoint import atomic_save
 from .config import ModelSpec, Recipe
@@ -64,6 +64,20 @@ def show(text: str) -> None:
         display(Markdown(text))
     else:
         tqdm.write(text, file=sys.stderr)
+
+
+def saved_timings(folder: Path) -> dict[str, float]:
+    path = folder / "timings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_timings(folder: Path, timings: dict[str, float]) -> None:
+    """timings.json holds the latest wall time of every notebook (and of `train-all`), for
+    reports written later."""
+    known = saved_timings(folder)
+    known.update({k: round(v, 1) for k, v in timings.items()})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "timings.json").write_text(json.dumps(known, indent=2, sort_keys=True))
 
 
 @dataclass
@@ -142,6 +156,20 @@ class Experiment:
         atomic_save(value, path)
         return value
 
+    def seen_scores(self, run: Trained, bn: str, n: int) -> pd.DataFrame:
+        """Accuracy and loss (columns arch, acc, loss) of the first min(n, S) architectures of the
+        model's training space on self.test_set(), with BN in `bn` mode: 'test' in mixed batches of
+        eval_batch; 'train' in batches of the training batch size mixed as the model trained (one
+        architecture per batch for NSA, one per example for NSA-i: evaluate.arch_scores). Cached
+        (02 and 04 reuse what 01 and 02 computed)."""
+        r, test = run.spec.recipe, self.test_set(run.spec.recipe)
+        n = min(n, run.spec.space)
+        batch = r.batch_size if bn == "train" else r.eval_batch
+        mixed = KINDS[run.spec.kind].sampling == "example"
+        key = dict(model=run.spec.key, bn=bn, n=n, test=test.fingerprint(), batch=batch, mixed=mixed)
+        return self.cached("scores", key, lambda: evaluate.arch_scores(
+            run.model, test.images, test.labels, r.dataset, archs=torch.arange(n), bn=bn, batch=batch, mixed=mixed))
+
     def gate(self, runs: dict[str, Trained], rule: str) -> C.Gate:
         """The training gate (claims.gate) of a claim on `runs` (name -> Trained)."""
         return C.gate({n: t.curve for n, t in runs.items()}, {n: t.spec.recipe.batch_size for n, t in runs.items()},
@@ -207,7 +235,6 @@ class Experiment:
     def overview(self, specs: list[ModelSpec]) -> None:
         """Say which models this notebook uses (the plan's), and how long its last run took
         (timings.json of `make reproduce`), from the run's own records."""
-        from .reproduce import saved_timings
 
         kinds = ", ".join(dict.fromkeys(f"{KINDS[s.kind].label}" + (f" ({s.semi})" if s.semi else "") for s in specs))
         last = saved_timings(Path(self.out).parent).get(self.notebook)

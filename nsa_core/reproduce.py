@@ -23,7 +23,7 @@ import pandas as pd
 from . import runtime
 from .claims import (CONFIDENCE, CONVERGED_CHANGE, FAILS, HOLDS, INCONCLUSIVE, N_RESAMPLES, NOT_COMPARABLE,
                      PAPER_CLAIM, UNDERPOWERED, markdown_table, tally_sentence)
-from .experiment import CLAIM_FIELDS
+from .experiment import CLAIM_FIELDS, save_timings, saved_timings
 from . import paths
 from .paths import repo_root, results_dir
 from .profiles import get_profile
@@ -208,20 +208,6 @@ def remove_orphans(folder: Path) -> list[Path]:
 
 # timings.json's entry for `train-all`, the plan's models trained before the notebooks run
 TRAIN_ALL = "train-all"
-
-
-def saved_timings(folder: Path) -> dict[str, float]:
-    path = folder / "timings.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def save_timings(folder: Path, timings: dict[str, float]) -> None:
-    """timings.json holds the latest wall time of every notebook (and of `train-all`), for
-    reports written later."""
-    known = saved_timings(folder)
-    known.update({k: round(v, 1) for k, v in timings.items()})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "timings.json").write_text(json.dumps(known, indent=2, sort_keys=True))
 
 
 def _hardware() -> list[str]:

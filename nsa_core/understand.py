@@ -36,45 +36,16 @@ def runs(exp: Experiment, specs: dict) -> dict:
     return {key: exp.trained(spec) for key, spec in specs.items()}
 
 
-def by_S(estimates: dict) -> str:
-    return ", ".join(f"S={S}: {e}" for S, e in estimates.items())
-
-
 def _gate_rule(gate: C.Gate, rule: str) -> str:
     return f"{rule}. Training gate: {gate.text}"
 
 
 # ------------------------------------------------------------------------ scores
 
-def seen_scores(exp: Experiment, run: Trained, bn: str, n: int) -> pd.DataFrame:
-    """Accuracy and loss (columns arch, acc, loss) of the first min(n, S) architectures of the
-    model's training space on exp.test_set(), with BN in `bn` mode: 'test' in mixed batches of
-    eval_batch; 'train' in batches of the training batch size mixed as the model trained (one
-    architecture per batch for NSA, one per example for NSA-i: evaluate.arch_scores). Cached
-    (02 and 04 reuse what 01 and 02 computed)."""
-    r, test = run.spec.recipe, exp.test_set(run.spec.recipe)
-    n = min(n, run.spec.space)
-    batch = r.batch_size if bn == "train" else r.eval_batch
-    mixed = KINDS[run.spec.kind].sampling == "example"
-    key = dict(model=run.spec.key, bn=bn, n=n, test=test.fingerprint(), batch=batch, mixed=mixed)
-    return exp.cached("scores", key, lambda: evaluate.arch_scores(
-        run.model, test.images, test.labels, r.dataset, archs=torch.arange(n), bn=bn, batch=batch, mixed=mixed))
-
-
 def bn_mode_scores(exp: Experiment, runs_by_S: dict[int, Trained], n: int) -> pd.DataFrame:
     """seen_scores in both BN modes for every S: columns S, bn ('train'/'test'), arch, acc, loss."""
-    return pd.concat([seen_scores(exp, run, bn, n).assign(S=S, bn=bn)
+    return pd.concat([exp.seen_scores(run, bn, n).assign(S=S, bn=bn)
                       for S, run in runs_by_S.items() for bn in ("train", "test")], ignore_index=True)
-
-
-def arch_difference(scores: pd.DataFrame, column: str, a, b, stat=None, seed: int = 0) -> C.Estimate:
-    """stat(accuracies under `a`) - stat(accuracies under `b`) of the same architectures
-    (`column` tells a from b: the BN mode, or the model on one training space), with the
-    interval of a bootstrap over architectures: the rows of one resample are the same
-    architectures under both. `stat` reduces the last axis (default the mean; claims.spread)."""
-    stat = stat or (lambda v: v.mean(-1))
-    wide = scores.pivot(index="arch", columns=column, values="acc").dropna()
-    return C.paired(lambda x, y: stat(x) - stat(y), wide[a], wide[b], seed=seed)
 
 
 def curve_spread(a: pd.DataFrame, b: pd.DataFrame, column: str = "test_acc", seed: int = 0) -> C.Estimate | None:
@@ -234,7 +205,7 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
     below = {S: h.train_acc.iloc[-1] - C.proportion(h.test_acc.iloc[-1], images, seed=seed) for S, h in hists.items()}
     exp.claim("At the end of training NSA's test accuracy (BN test mode) is below its training accuracy at every S",
               paper="test curves far below the training curves (Fig. 2(a)-(b))",
-              reproduced="last epoch, training - test accuracy: " + by_S(below),
+              reproduced="last epoch, training - test accuracy: " + C.by_S(below),
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in below.values()),
               rule=_gate_rule(gate, f"a gap, not the instability of the test curve (the next claim); the interval is "
                                     f"binomial over the {images} test images; holds if it lies above 0 at every S"))
@@ -242,24 +213,24 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
     known = all(d is not None for d in unstable.values())
     exp.claim("NSA's test accuracy curve is unstable: its last points spread more than NSA-i's",
               paper="NSA's test curves severely unstable (Fig. 2(b)); NSA-i's stable (Fig. 3(b))",
-              reproduced=("std of the last test accuracies, NSA - NSA-i: " + by_S(unstable)) if known
+              reproduced=("std of the last test accuracies, NSA - NSA-i: " + C.by_S(unstable)) if known
               else f"{len(nsa[spaces[0]].curve)} test evaluations per model",
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in unstable.values()) if known else C.NOT_COMPARABLE,
               rule=_gate_rule(gate, f"the last tenth of each test curve (at least {C.MIN_CURVE_POINTS} evaluations), "
                                     "each model's points resampled on their own; holds if the interval of the difference "
                                     "lies above 0 at every S; not comparable with fewer evaluations"))
     at = {S: scores[scores.S == S] for S in spaces}
-    wider = {S: arch_difference(at[S], "bn", "test", "train", C.spread, seed) for S in spaces}
+    wider = {S: C.arch_difference(at[S], "bn", "test", "train", C.spread, seed) for S in spaces}
     exp.claim("With BN in test mode the architectures' accuracies spread more than with BN in training mode",
               paper="test-mode histogram wide, training-mode histogram tight (Fig. 2(c)-(d))",
-              reproduced="std test mode - std training mode: " + by_S(wider),
+              reproduced="std test mode - std training mode: " + C.by_S(wider),
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in wider.values()),
               rule=_gate_rule(gate, f"standard deviation over the {n} architectures, bootstrap over architectures; "
                                     "holds if the interval of the difference lies above 0 at every S"))
-    lower = {S: arch_difference(at[S], "bn", "train", "test", seed=seed) for S in spaces}
+    lower = {S: C.arch_difference(at[S], "bn", "train", "test", seed=seed) for S in spaces}
     exp.claim("With BN in test mode the architectures' accuracies are lower than with BN in training mode",
               paper="test-mode accuracies mostly far below the training-mode ones (Fig. 2(c)-(d))",
-              reproduced="mean accuracy training mode - test mode: " + by_S(lower),
+              reproduced="mean accuracy training mode - test mode: " + C.by_S(lower),
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in lower.values()),
               rule=_gate_rule(gate, "mean over the architectures, bootstrap over architectures; holds if the interval "
                                     "lies above 0 at every S"))
@@ -341,7 +312,7 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
     gain = {S: rho_gain(S) for S in spaces}
     exp.claim("NSA-i's Spearman correlation between BN modes exceeds NSA's at every S",
               paper=_paper_spearman(" vs "),
-              reproduced="NSA-i - NSA: " + by_S(gain) + f" ({n} architectures per S)",
+              reproduced="NSA-i - NSA: " + C.by_S(gain) + f" ({n} architectures per S)",
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in gain.values()),
               rule=_gate_rule(gate, "bootstrap over architectures (the same ones for both models); holds if the "
                                     "interval of the difference lies above 0 at every S"))
@@ -355,18 +326,18 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
               rule=f"comparable only at the paper's scale (the full test set, 100 architectures, full training); there "
                    f"it holds if every value lies within {C.SPEARMAN_TOL} of the paper's, interval included")
     test_mode = scores[scores.bn == "test"]
-    higher = {S: arch_difference(test_mode[test_mode.S == S], "model", "NSA-i", "NSA", seed=seed) for S in spaces}
-    tighter = {S: arch_difference(test_mode[test_mode.S == S], "model", "NSA", "NSA-i", C.spread, seed)
+    higher = {S: C.arch_difference(test_mode[test_mode.S == S], "model", "NSA-i", "NSA", seed=seed) for S in spaces}
+    tighter = {S: C.arch_difference(test_mode[test_mode.S == S], "model", "NSA", "NSA-i", C.spread, seed)
                for S in spaces}
     exp.claim("With BN in test mode NSA-i's accuracies are higher and tighter than NSA's at every S",
               paper="NSA-i's test-mode histogram narrow and high, NSA's wide and low (Fig. 3(c)-(d) vs Fig. 2(c)-(d))",
-              reproduced="mean NSA-i - NSA: " + by_S(higher) + "; std NSA - NSA-i: " + by_S(tighter),
+              reproduced="mean NSA-i - NSA: " + C.by_S(higher) + "; std NSA - NSA-i: " + C.by_S(tighter),
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in [*higher.values(), *tighter.values()]),
               rule=_gate_rule(gate, "bootstrap over architectures; holds if both intervals lie above 0 at every S"))
-    better = {S: arch_difference(at(S, "NSA-i"), "bn", "test", "train", seed=seed) for S in spaces}
+    better = {S: C.arch_difference(at(S, "NSA-i"), "bn", "test", "train", seed=seed) for S in spaces}
     exp.claim("For NSA-i, BN in test mode gives better accuracy than BN in training mode",
               paper="test-mode BN induces notably better validation accuracy (Fig. 3(c)-(d))",
-              reproduced="mean accuracy test mode - training mode: " + by_S(better),
+              reproduced="mean accuracy test mode - training mode: " + C.by_S(better),
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in better.values()),
               rule=_gate_rule(gate, "training mode in batches of the training size that mix the architectures one per "
                                     "image, as NSA-i trains; bootstrap over architectures; holds if the interval lies "
@@ -375,7 +346,7 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
     known = all(d is not None for d in steady.values())
     exp.claim("NSA-i's test loss curve is more stable than NSA's",
               paper="NSA's test curves severely unstable, NSA-i's stable and consistent with training (Figs. 2-3 (a))",
-              reproduced=("std of the last test losses, NSA - NSA-i: " + by_S(steady)) if known
+              reproduced=("std of the last test losses, NSA - NSA-i: " + C.by_S(steady)) if known
               else f"{len(runs['nsa-i', spaces[0]].curve)} test evaluations per model",
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in steady.values()) if known else C.NOT_COMPARABLE,
               rule=_gate_rule(gate, f"the spread of the last tenth of each test-loss curve (at least "
@@ -394,7 +365,7 @@ def _variance_claim(exp: Experiment, variance: pd.DataFrame, gate: C.Gate) -> No
     lower = {S: C.mean_estimate(log_ratio.loc[S].to_numpy(), seed=seed) for S in spaces}
     exp.claim("The variance of the batch mean is lower for NSA-i than for NSA",
               paper="NSA-i reduces var(µ), ideally by an order of magnitude (Sec. 3, App. C)",
-              reproduced="mean over BN layers of log(var NSA / var NSA-i): " + by_S(lower),
+              reproduced="mean over BN layers of log(var NSA / var NSA-i): " + C.by_S(lower),
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in lower.values()),
               rule=_gate_rule(gate, "bootstrap over BN layers; holds if the interval lies above 0 (NSA-i's variance "
                                     "lower) at every S"))
@@ -511,7 +482,7 @@ def unseen_scores(exp: Experiment, runs: dict, n: int) -> tuple[pd.DataFrame, pd
         wirings = wspace.unseen_architectures(n, architectures(P.spec("nsa-i", space=S, seed=exp.seed)), seed=exp.seed)
         unseen = evaluate.arch_scores(run.model, test.images, test.labels, r.dataset, wirings=wirings, bn=bn,
                                       batch=r.eval_batch if bn == "test" else r.batch_size)
-        both = [seen_scores(exp, run, bn, n).assign(S=S, kind="seen"), unseen.assign(S=S, kind="unseen")]
+        both = [exp.seen_scores(run, bn, n).assign(S=S, kind="seen"), unseen.assign(S=S, kind="unseen")]
         (fig5 if kind == "nsa-i" else appd).extend(both)
     empty = pd.DataFrame(columns=["arch", "acc", "loss", "S", "kind"])
     return pd.concat(fig5, ignore_index=True), pd.concat(appd, ignore_index=True) if appd else empty
@@ -569,7 +540,7 @@ def unseen_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, appd: pd.Da
     falls = C.falls(spaces, [groups[S] for S in spaces], metrics.auc_rows, seed)
     exp.claim("The AUC of telling seen from unseen architectures falls as S grows",
               paper=" / ".join(f"{v[0]:.2f}" for v in paper.TABLE1.values()) + " for S = " + " / ".join(map(str, paper.TABLE1)),
-              reproduced=by_S(auc) + f"; -Kendall tau between S and AUC over every S: {falls}",
+              reproduced=C.by_S(auc) + f"; -Kendall tau between S and AUC over every S: {falls}",
               verdict=C.verdict(falls, gate.comparable and len(spaces) > 1),
               rule=_gate_rule(gate, "a trend over every S, not the endpoints: the architectures of every S resampled "
                                     "independently, each resample's AUCs ranked against S; holds if the interval of "
@@ -577,7 +548,7 @@ def unseen_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, appd: pd.Da
     large = {S: auc[S].shifted(-0.5) for S in spaces if S >= 500}
     exp.claim("From S = 500 on, seen and unseen architectures are nearly indistinguishable",
               paper=f"AUC {paper.TABLE1[500][0]} (S = 500), {paper.TABLE1[5000][0]} (S = 5000)",
-              reproduced=("AUC - 0.5: " + by_S(large)) if large else "no S >= 500 in this profile",
+              reproduced=("AUC - 0.5: " + C.by_S(large)) if large else "no S >= 500 in this profile",
               verdict=C.all_of(C.equivalence(d, C.INDISTINGUISHABLE, gate.comparable) for d in large.values())
               if large else C.NOT_COMPARABLE,
               rule=_gate_rule(gate, f"two-sided: holds if the interval of AUC - 0.5 lies within "
@@ -625,7 +596,7 @@ def _appd_claim(exp: Experiment, groups: dict, appd: pd.DataFrame, gate: C.Gate)
                for S in common}
     exp.claim("Vanilla NSA with BN in training mode tells seen from unseen architectures about as NSA-i does (App. D)",
               paper="the naive NSA models with training-mode BN would provide similar results (Sec. 4, App. D)",
-              reproduced=("AUC(NSA, training mode) - AUC(NSA-i, test mode): " + by_S(similar)) if common
+              reproduced=("AUC(NSA, training mode) - AUC(NSA-i, test mode): " + C.by_S(similar)) if common
               else "no S shared by spaces_unseen and spaces_bn in this profile",
               verdict=C.all_of(C.equivalence(d, C.INDISTINGUISHABLE, gate.comparable) for d in similar.values())
               if common else C.NOT_COMPARABLE,

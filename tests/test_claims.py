@@ -309,7 +309,7 @@ def test_the_committed_tiny_claims_come_out_the_same_from_the_vectorised_bootstr
     scores = pd.read_csv(TINY / "01_bn_disparity" / "arch_scores.csv")
     claim = _claim("01_bn_disparity", "With BN in test mode the architectures' accuracies spread more")
     for S in (500, 5000):
-        d = understand.arch_difference(scores[scores.S == S], "bn", "test", "train", claims.spread)
+        d = claims.arch_difference(scores[scores.S == S], "bn", "test", "train", claims.spread)
         assert f"S={S}: {d}" in claim["reproduced"] and claims.verdict(d) == "holds"
     arch = pd.read_csv(TINY / "04_unseen_archs" / "arch_scores.csv")
     claim = _claim("04_unseen_archs", "The AUC of telling seen from unseen")

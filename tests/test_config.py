@@ -8,7 +8,7 @@ import pytest
 
 from nsa_core.config import ModelSpec, Recipe, override, parse_sets
 from nsa_core.kinds import KINDS, architectures
-from nsa_core.profiles import PROFILES, RECIPES, at_paper_scale, get_profile
+from nsa_core.profiles import PROFILES, at_paper_scale, get_profile
 
 
 def test_paper_recipe_is_the_papers():

@@ -449,12 +449,12 @@ def test_nsa_test_pass_draws_one_architecture_per_test_batch(tmp_path, monkeypat
 
 @pytest.mark.parametrize("kind, mixed", [("nsa", False), ("nsa-i", True)])
 def test_seen_scores_mix_training_mode_batches_as_the_model_trained(monkeypatch, kind, mixed):
-    """understand.seen_scores (notebooks 01-02): training-mode BN scores NSA-i in mixed batches of
+    """Experiment.seen_scores (notebooks 01-02): training-mode BN scores NSA-i in mixed batches of
     its training batch size (arch_scores mixed=True) and NSA one architecture per batch; test
     mode in batches of eval_batch."""
     from types import SimpleNamespace
 
-    from nsa_core import understand
+    from nsa_core.experiment import Experiment
 
     calls = []
     monkeypatch.setattr(E, "arch_scores", lambda *a, **kw: calls.append(kw) or pd.DataFrame())
@@ -463,8 +463,8 @@ def test_seen_scores_mix_training_mode_batches_as_the_model_trained(monkeypatch,
     exp = SimpleNamespace(test_set=lambda r=None, dataset=None, n=None: test,
                           cached=lambda name, key, compute: compute())
     run = SimpleNamespace(spec=spec, model=None)
-    understand.seen_scores(exp, run, "train", 3)
-    understand.seen_scores(exp, run, "test", 3)
+    Experiment.seen_scores(exp, run, "train", 3)
+    Experiment.seen_scores(exp, run, "test", 3)
     assert [(c["bn"], c["batch"], c.get("mixed", False)) for c in calls] == [
         ("train", spec.recipe.batch_size, mixed), ("test", spec.recipe.eval_batch, mixed)]
     assert calls[0]["archs"].tolist() == [0, 1, 2]
