@@ -204,6 +204,24 @@ def test_reproduce_reports_a_failing_notebook_in_one_line(tmp_path, capsys, monk
     assert ran == ["01_bn_disparity"] and (tmp_path / "smoke" / "executed" / "01_bn_disparity.ipynb").is_file()
 
 
+def test_a_report_after_one_notebook_gives_every_notebooks_latest_time(tmp_path, monkeypatch):
+    """Rerunning one notebook rewrites REPORT.md from every notebook's claims, so its wall-time
+    table gives every notebook's latest time (and the plan's training), not only the rerun's."""
+    import papermill
+
+    from nsa_core.experiment import save_timings
+
+    monkeypatch.setenv("NSA_RESULTS_DIR", str(tmp_path))
+    save_timings(tmp_path / "smoke", {"train-all": 600.0, "01_bn_disparity": 120.0, "02_instance_archs": 60.0})
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, **kw: Path(out).write_text('{"cells": []}'))
+    assert cli.main(["reproduce", "--profile", "smoke", "--notebooks", "02"]) == 0
+    text = (tmp_path / "smoke" / "REPORT.md").read_text()
+    for row in ("| train-all (the plan's models, trained before the notebooks) | 10.0 min |",
+                "| 01_bn_disparity | 2.0 min |", "| 02_instance_archs |"):
+        assert row in text
+    assert "| 02_instance_archs | 1.0 min |" not in text   # the rerun's own time replaced the old one
+
+
 def test_reproduce_rejects_a_missing_data_dir(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NSA_RESULTS_DIR", str(tmp_path))
     assert cli.main(["reproduce", "--profile", "smoke", "--data-dir", str(tmp_path / "nowhere")]) == 2
