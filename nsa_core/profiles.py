@@ -116,10 +116,10 @@ PROFILES: dict[str, Profile] = {
     # paper: 300 epochs of the full set per model, more than a day's limit on many clusters:
     # the job is requeued at its time limit and resumes from its last checkpoint.
     "paper": Profile(name="paper"),
-    # tiny: sized so that the whole suite (00-09) runs within 90 minutes on the slower of the
-    # 2-core CPUs measured (AMD EPYC, fp32, `make bench` fixed net about 110 img/s on one
-    # thread), where the committed results/tiny run was made; an Intel Xeon with AMX runs it
-    # about 2.5-3x faster. The budget goes where the claims a CPU can decide are: the models
+    # tiny: sized so that the whole suite (00-09) runs within 90 minutes on a 2-core AMD EPYC
+    # without native bf16 (fp32), where the committed results/tiny run took 64 minutes (its
+    # `make bench` fixed net: 177 img/s on one thread that day; 2-core machines measured
+    # 110-280 img/s, so scale by yours). The budget goes where the claims a CPU can decide are: the models
     # of Secs. 3-4 (the tour and 01-04) train 1,200 steps of 128 images (6 epochs of a
     # class-balanced 25,600-image subset), where NSA-i at S = 500 was measured at about 53 %
     # (short runs are limited by steps, not data: 1,200 steps of a 7,680-image subset and
