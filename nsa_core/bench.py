@@ -21,7 +21,8 @@ batch 128, 10 classes, no auxiliary head:
 - torch.compile on the CPU: NSA-i with its nodes compiled ('nsa-i-compiled', and the seconds
   of its first step, mostly the compiler's) against the same model uncompiled; both on the
   reference stage ('nsa-i-reference'), since the fast stage, the CPU's default, does not call
-  the node modules. Where the CPU has native bf16, every variant in bf16 autocast too;
+  the node modules;
+- where the CPU has native bf16, the four variants above in bf16 autocast too ('NAME-bf16');
 - torch.profiler's table of one NSA-i step: what limits it.
 Results go to results/bench/cpu.csv (variant, metric, value, ratio, target, met).
 

@@ -207,10 +207,9 @@ def _train_locally(args, todo, requested: int, threads: int | None, models, data
                                  logs) if todo else []
     if any(o.state == scale.INTERRUPTED for o in outcomes):
         return None
-    if all(o.ok for o in outcomes):
-        # REPORT.md adds the plan's training to the notebooks' wall time: this run's, even
-        # when everything was cached, so that a rerun does not count an old training
-        # again; none for a run that failed
+    if outcomes and all(o.ok for o in outcomes):
+        # REPORT.md adds the plan's last training to every notebook's latest wall time: a call
+        # that trained nothing (all cached) keeps the last one, a failed one writes none
         from .experiment import save_timings
         from .reproduce import TRAIN_ALL
         save_timings(results, {TRAIN_ALL: time.time() - t0})

@@ -77,10 +77,11 @@ def proxy(p: Profile, seed: int = 0) -> dict[str, list[ModelSpec]]:
 
 def tour(p: Profile, seed: int = 0, data_dir=None) -> dict[str, ModelSpec]:
     """00: NSA and NSA-i at the first S of spaces_bn, 01's models. Where the profile's data
-    set is not on disk here, the tour runs on the synthetic set instead (with the profile's
-    number of training images), so that a class can start it anywhere in seconds."""
-    r = p.understand
-    if r.dataset != "synthetic" and not D.on_disk(r.dataset, "test", data_dir):
+    set is not on disk here, the tour runs on the synthetic set instead, with the shorter
+    explore recipe (as many synthetic images as it trains on), so that a class can start it
+    anywhere in minutes."""
+    if p.understand.dataset != "synthetic" and not D.on_disk(p.understand.dataset, "test", data_dir):
+        r = p.explore
         p = replace(p, understand=replace(r, dataset="synthetic", train_size=None,
                                           synthetic_size=r.train_size or r.synthetic_size))
     return {k: p.spec(k, space=p.spaces_bn[0], seed=seed) for k in ("nsa", "nsa-i")}
@@ -156,14 +157,15 @@ class Item:
     @property
     def work(self) -> float:
         """Images its training still has to process, in units of one supervised image (a
-        semi-supervised step takes a labelled and an unlabelled batch; a per-architecture
-        aggregation or BN costs about 1.25x, measured by `make bench`): train-all starts the
-        longest first, so that its workers finish together."""
+        semi-supervised step trains on a labelled and an unlabelled batch and runs one more
+        forward without gradients over both, about 2.7x; a per-architecture aggregation or BN
+        costs about 1.25x, measured by `make bench`): train-all starts the longest first, so
+        that its workers finish together."""
         r = self.spec.recipe
         size = r.synthetic_size if r.dataset == "synthetic" else FULL_TRAIN_SIZE
         images = (r.unlabelled or size - r.labelled) if self.spec.semi else (r.train_size or size)
         kind = KINDS[self.spec.kind]
-        per_image = (2 if self.spec.semi else 1) * (1.25 if kind.cond_agg and not kind.fixed else 1)
+        per_image = (2.7 if self.spec.semi else 1) * (1.25 if kind.cond_agg and not kind.fixed else 1)
         return (r.epochs - self.epoch) * images * per_image
 
     def describe(self) -> str:

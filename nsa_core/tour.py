@@ -31,7 +31,8 @@ def data_statement(exp: Experiment, recipe: Recipe) -> None:
     asked = exp.profile.understand.dataset
     if recipe.dataset != asked:
         exp.note(f"{asked} was not found in the data folder `{exp.data_dir}`, so this tour runs on the synthetic "
-                 "data set instead: the same phenomena, other numbers (README, 'Data', says how to add it).")
+                 "data set instead, with the profile's shorter explore recipe: the same phenomena, other numbers "
+                 "(README, 'Data', says how to add it).")
     elif asked == "synthetic":
         exp.say("**Data: the synthetic data set** (the profile asks for it).")
     else:
