@@ -57,6 +57,20 @@ def curve_spread(a: pd.DataFrame, b: pd.DataFrame, column: str = "test_acc", see
     return C.two_sample(lambda x, y: C.spread(x) - C.spread(y), ta, tb, seed=seed)
 
 
+def curve_claim(exp: Experiment, runs: dict, gate: C.Gate, column: str, statement: str, paper: str, what: str,
+                rule: str, seed: int = 0) -> None:
+    """The claim that NSA's test curve (`column`) is less stable than NSA-i's at every S of
+    spaces_bn: curve_spread of each pair; not comparable when the curves are too short."""
+    spaces = exp.profile.spaces_bn
+    spread = {S: curve_spread(runs["nsa", S].curve, runs["nsa-i", S].curve, column, seed) for S in spaces}
+    known = all(d is not None for d in spread.values())
+    exp.claim(statement, paper=paper,
+              reproduced=f"{what}, NSA - NSA-i: {C.by_S(spread)}" if known
+              else f"{len(runs['nsa', spaces[0]].curve)} test evaluations per model",
+              verdict=C.all_of(C.verdict(d, gate.comparable) for d in spread.values()) if known else C.NOT_COMPARABLE,
+              rule=_gate_rule(gate, rule))
+
+
 def rank_correlation(scores: pd.DataFrame, model: str, S: int, seed: int = 0) -> C.Estimate:
     """Spearman correlation between the BN modes' accuracies of `model`'s architectures at S
     (scores: columns model, S, arch, bn, acc), bootstrap over architectures."""
@@ -209,16 +223,12 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in below.values()),
               rule=_gate_rule(gate, f"a gap, not the instability of the test curve (the next claim); the interval is "
                                     f"binomial over the {images} test images; holds if it lies above 0 at every S"))
-    unstable = {S: curve_spread(nsa[S].curve, runs["nsa-i", S].curve, seed=seed) for S in spaces}
-    known = all(d is not None for d in unstable.values())
-    exp.claim("NSA's test accuracy curve is unstable: its last points spread more than NSA-i's",
-              paper="NSA's test curves severely unstable (Fig. 2(b)); NSA-i's stable (Fig. 3(b))",
-              reproduced=("std of the last test accuracies, NSA - NSA-i: " + C.by_S(unstable)) if known
-              else f"{len(nsa[spaces[0]].curve)} test evaluations per model",
-              verdict=C.all_of(C.verdict(d, gate.comparable) for d in unstable.values()) if known else C.NOT_COMPARABLE,
-              rule=_gate_rule(gate, f"the last tenth of each test curve (at least {C.MIN_CURVE_POINTS} evaluations), "
-                                    "each model's points resampled on their own; holds if the interval of the difference "
-                                    "lies above 0 at every S; not comparable with fewer evaluations"))
+    curve_claim(exp, runs, gate, "test_acc", "NSA's test accuracy curve is unstable: its last points spread more than NSA-i's",
+                paper="NSA's test curves severely unstable (Fig. 2(b)); NSA-i's stable (Fig. 3(b))",
+                what="std of the last test accuracies",
+                rule=f"the last tenth of each test curve (at least {C.MIN_CURVE_POINTS} evaluations), each model's "
+                     "points resampled on their own; holds if the interval of the difference lies above 0 at every S; "
+                     "not comparable with fewer evaluations", seed=seed)
     at = {S: scores[scores.S == S] for S in spaces}
     wider = {S: C.arch_difference(at[S], "bn", "test", "train", C.spread, seed) for S in spaces}
     exp.claim("With BN in test mode the architectures' accuracies spread more than with BN in training mode",
@@ -342,16 +352,12 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
               rule=_gate_rule(gate, "training mode in batches of the training size that mix the architectures one per "
                                     "image, as NSA-i trains; bootstrap over architectures; holds if the interval lies "
                                     "above 0 at every S"))
-    steady = {S: curve_spread(runs["nsa", S].curve, runs["nsa-i", S].curve, "test_loss", seed) for S in spaces}
-    known = all(d is not None for d in steady.values())
-    exp.claim("NSA-i's test loss curve is more stable than NSA's",
-              paper="NSA's test curves severely unstable, NSA-i's stable and consistent with training (Figs. 2-3 (a))",
-              reproduced=("std of the last test losses, NSA - NSA-i: " + C.by_S(steady)) if known
-              else f"{len(runs['nsa-i', spaces[0]].curve)} test evaluations per model",
-              verdict=C.all_of(C.verdict(d, gate.comparable) for d in steady.values()) if known else C.NOT_COMPARABLE,
-              rule=_gate_rule(gate, f"the spread of the last tenth of each test-loss curve (at least "
-                                    f"{C.MIN_CURVE_POINTS} evaluations), each model's points resampled on their own; "
-                                    "holds if NSA's exceeds NSA-i's at every S (01 tests the accuracy curves)"))
+    curve_claim(exp, runs, gate, "test_loss", "NSA-i's test loss curve is more stable than NSA's",
+                paper="NSA's test curves severely unstable, NSA-i's stable and consistent with training (Figs. 2-3 (a))",
+                what="std of the last test losses",
+                rule=f"the spread of the last tenth of each test-loss curve (at least {C.MIN_CURVE_POINTS} evaluations), "
+                     "each model's points resampled on their own; holds if NSA's exceeds NSA-i's at every S (01 tests "
+                     "the accuracy curves)", seed=seed)
     _variance_claim(exp, variance, gate)
     from . import beyond
     beyond.instance_recalibration_claim(exp, three, n, k, gate)
