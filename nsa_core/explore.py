@@ -71,14 +71,6 @@ def notebook_specs(exp: Experiment) -> list[ModelSpec]:
     return list({s.key: s for s in specs}.values())
 
 
-def paper_param_counts(dataset: str = "cifar10") -> pd.Series:
-    """Parameters of each method's network at the paper's size (width 10, 8 nodes; built,
-    not trained), to check against Table 2's # params column."""
-    specs = {m: s[0] for m, s in plan.table2(PROFILES["paper"], dataset).items()}
-    return pd.Series({m: count_params(build(s, D.NUM_CLASSES[dataset])) for m, s in specs.items()},
-                     name="params")
-
-
 def table2_runs(exp: Experiment, dataset: str, methods: Iterable[str] = METHODS) -> dict[str, list[Trained]]:
     """The trained (cached) models of the Table 2 methods on `dataset`: method -> [Trained],
     one per individually trained network (S for "single", one otherwise)."""
@@ -121,9 +113,7 @@ def _member_probs(method: str, models: list[WiredNet], images: torch.Tensor, nor
 def predictions(method: str, member_probs: torch.Tensor) -> list[torch.Tensor]:
     """The predictive distributions [N, C] that a method is scored by: the mean over its
     members, except "single", whose individuals are scored one by one (paper Table 2)."""
-    if method == "single":
-        return list(member_probs)
-    return [member_probs.mean(0)]
+    return list(member_probs) if method == "single" else [member_probs.mean(0)]
 
 
 def scores(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 15) -> pd.DataFrame:
@@ -136,12 +126,6 @@ def scores(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 1
                 for p in predictions(m, probs[m])]
         rows[m] = pd.DataFrame(each).mean()
     return pd.DataFrame(rows).T.rename_axis("method")
-
-
-def param_counts(runs: dict[str, list[Trained]]) -> pd.Series:
-    """Parameters of one network per method (the auxiliary head included: it is part of
-    every Sec. 5 model during training); "single" averages its individuals."""
-    return pd.Series({m: sum(count_params(t.model) for t in rs) / len(rs) for m, rs in runs.items()}, name="params")
 
 
 def table2_results(exp: Experiment, n_bins: int = 15) -> tuple[dict[str, tuple], dict[str, dict[str, list[Trained]]]]:
@@ -158,7 +142,9 @@ def table2_results(exp: Experiment, n_bins: int = 15) -> tuple[dict[str, tuple],
             continue
         probs, labels = table2_probs(exp, ds, runs[ds])
         table = scores(probs, labels, n_bins)
-        table["params"] = param_counts(runs[ds])
+        # one network per method, the auxiliary head included (it is part of every Sec. 5 model
+        # during training); "single" averages its individuals
+        table["params"] = pd.Series({m: sum(count_params(t.model) for t in rs) / len(rs) for m, rs in runs[ds].items()})
         results[ds] = (table, probs, labels)
     if not results:
         raise RuntimeError(f"none of the data sets {exp.profile.ensemble_datasets} could be loaded; see the notes")
@@ -215,8 +201,6 @@ def paper_ref(dataset: str) -> str:
 def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tensor], torch.Tensor]]) -> plt.Figure:
     """05's Table 2 as bars, one row per data set: this run's test error and ECE per method
     (black dots: the individual architectures of "single") beside the paper's."""
-    from .claims import PLOT_RESAMPLES, draw_intervals
-
     palette = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
     names = [LABELS[m] for m in METHODS]
     fig, axes = plt.subplots(len(results), 4, figsize=(16, 2.6 + 1.2 * len(results)), squeeze=False, sharey=True)
@@ -234,20 +218,19 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
             if source == "this run":
                 ax.scatter(individual[col], [names[METHODS.index("single")]] * len(individual[col]), color="k",
                            s=14, zorder=3)
-                draw_intervals(ax, np.arange(len(METHODS)), [bands[col][m] for m in METHODS], horizontal=True,
-                               ecolor="dimgrey", capsize=3, zorder=4)
+                C.draw_intervals(ax, np.arange(len(METHODS)), [bands[col][m] for m in METHODS], horizontal=True,
+                                 ecolor="dimgrey", capsize=3, zorder=4)
             for y, m in enumerate(METHODS):
                 v = values[m]
                 dots = individual[col] if m == "single" else []
                 at = v if source == "paper" else max([bands[col][m].high, *dots])   # right of bar and dots
                 ax.text(at, y, f" {v:.2f}" if col == "error" else f" {v:.4f}", va="center", fontsize=8)
             ax.set_xlabel(label)
-            ref = DATASET_NAMES[paper_ref(ds)]
-            ax.set_title(f"{DATASET_NAMES.get(ds, ds)}, this run" if source == "this run" else f"paper, {ref}")
+            ax.set_title(f"{ds_name(ds)}, this run" if source == "this run" else f"paper, {ds_name(paper_ref(ds))}")
             ax.margins(x=0.25)
         row[0].invert_yaxis()
     fig.suptitle("bars: each method's score (bias-corrected where the bootstrap shows a bias, as for ECE); grey "
-                 f"whiskers: 95 % bootstrap interval over test images ({PLOT_RESAMPLES} resamples); black dots: the "
+                 f"whiskers: 95 % bootstrap interval over test images ({C.PLOT_RESAMPLES} resamples); black dots: the "
                  "individual architectures", y=1.02, fontsize=10)
     fig.tight_layout()
     return fig
@@ -356,27 +339,12 @@ def plot_mi_histograms(mi: dict[str, tuple], ood_auc: dict[str, C.Estimate], dat
     return fig
 
 
-def attack_intervals(outcomes: dict, method: str, attack_names: Iterable[str]) -> dict[str, list[C.Estimate]]:
-    """Each method's accuracy (clean, then one per attack) and clean-vs-attacked AUC per
-    attack with their bootstrap intervals over the attacked images, from attack_outcomes'
-    per-image records keyed (method, attack): {"acc" | "auc": [Estimate]}."""
-    names = list(attack_names)
-    hits = np.stack([outcomes[method, names[0]]["correct_clean"]] + [outcomes[method, a]["correct_adv"] for a in names])
-    low, high = C.mean_bands(hits)
-    acc = [C.Estimate(v, lo, hi, C.PLOT_RESAMPLES) for v, lo, hi in zip(hits.mean(1), low, high)]
-    auc = [C.auc_estimate(outcomes[method, a]["mi_clean"], outcomes[method, a]["mi_adv"],
-                          n_resamples=C.PLOT_RESAMPLES) for a in names]
-    return {"acc": acc, "auc": auc}
-
-
 def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, ...] = ("wrn-dropout", "nsa-id"),
                  outcomes: dict | None = None) -> plt.Figure:
     """07's PGD results against the budget, this run (solid) beside the paper (dashed, its
     clean point Table 2's accuracy): the ensemble's accuracy under attack, and the AUC of
     telling attacked from clean images by mutual information. With attack_outcomes' per-image
     `outcomes`, this run's points carry their bootstrap intervals."""
-    from .claims import PLOT_RESAMPLES, draw_intervals
-
     palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for k, m in enumerate(methods):
@@ -386,10 +354,14 @@ def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, 
         accs = np.concatenate([[t.acc_clean.iloc[0]], t.acc_adv])
         axes[0].plot(budget, accs, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
         axes[1].plot(budget[1:], t.auc, "o-", color=palette[m], label=f"{LABELS[m]} (this run)")
-        if outcomes is not None:
-            ci = attack_intervals(outcomes, m, t.attack)
-            draw_intervals(axes[0], budget, ci["acc"], ecolor=palette[m], capsize=3)
-            draw_intervals(axes[1], budget[1:], ci["auc"], ecolor=palette[m], capsize=3)
+        if outcomes is not None:   # over the attacked images: the accuracy clean, then under each attack; the AUC
+            per = [outcomes[m, a] for a in t.attack]
+            hits = np.stack([per[0]["correct_clean"]] + [o["correct_adv"] for o in per])
+            low, high = C.mean_bands(hits)
+            acc_ci = [C.Estimate(v, lo, hi, C.PLOT_RESAMPLES) for v, lo, hi in zip(hits.mean(1), low, high)]
+            auc_ci = [C.auc_estimate(o["mi_clean"], o["mi_adv"], n_resamples=C.PLOT_RESAMPLES) for o in per]
+            C.draw_intervals(axes[0], budget, acc_ci, ecolor=palette[m], capsize=3)
+            C.draw_intervals(axes[1], budget[1:], auc_ci, ecolor=palette[m], capsize=3)
         ppgd = paper.PGD[m]
         shown = [a for a in t.attack if a in ppgd]
         if not shown:
@@ -403,7 +375,7 @@ def plot_attacks(attack_table: pd.DataFrame, n_images: int, methods: tuple[str, 
                              xytext=(8, -4), fontsize=7, color="dimgrey")
         axes[1].plot(eps, [ppgd[a][1] for a in shown], "s--", color=palette[m], alpha=0.6, label=f"{LABELS[m]} (paper)")
     if outcomes is not None:
-        fig.suptitle(f"error bars: 95 % bootstrap interval over the attacked images ({PLOT_RESAMPLES} resamples)",
+        fig.suptitle(f"error bars: 95 % bootstrap interval over the attacked images ({C.PLOT_RESAMPLES} resamples)",
                      fontsize=9)
     axes[0].set(xlabel="PGD budget (x/255); 0 = clean", ylabel="accuracy",
                 title=f"accuracy under attack ({n_images} images)")
@@ -486,8 +458,9 @@ def _table2_claims(exp: Experiment, ds: str, result: tuple, runs: dict[str, list
 
 
 def _size_claims(exp: Experiment) -> None:
-    S = exp.profile.space_ensemble
-    counts, p_wrn, p_nsa = paper_param_counts("cifar10"), PAPER_TABLE2["cifar10"]["wrn"][0], PAPER_TABLE2["cifar10"]["nsa-id"][0]
+    S, (p_wrn, p_nsa) = exp.profile.space_ensemble, (PAPER_TABLE2["cifar10"][m][0] for m in ("wrn", "nsa-id"))
+    specs = plan.table2(PROFILES["paper"], "cifar10")   # each method at the paper's size (width 10, 8 nodes)
+    counts = {m: count_params(build(s[0], D.NUM_CLASSES["cifar10"])) for m, s in specs.items()}   # built, not trained
     exp.claim(f"The networks built at the paper's size have Table 2's parameter counts (WRN-28-10† "
               f"{p_wrn / 1e6:.1f}M, NSA-id {p_nsa / 1e6:.1f}M, CIFAR-10)", paper=f"{p_wrn / 1e6:.1f}M / {p_nsa / 1e6:.1f}M",
               reproduced=f"{counts['wrn'] / 1e6:.3f}M / {counts['nsa-id'] / 1e6:.3f}M (networks built at width 10, "
@@ -545,26 +518,19 @@ def sanity_claim(exp: Experiment, runs: dict[str, Trained]) -> None:
                          "this budget, architecture 0 (WRN: its own wiring): "
                          + ", ".join(f"{k} {v:.1f} %" for k, v in acc.items()),
               verdict=C.equivalence(d, SAME_ARCHITECTURE_TOL, gate.comparable), kind=C.SANITY,
-              rule=_rule_within(gate))
-
-
-def _rule_within(gate: C.Gate) -> str:
-    return (f"both trained with one recipe (the same budget); paired bootstrap over the test images; holds if the "
-            f"interval lies within +-{100 * SAME_ARCHITECTURE_TOL:.0f} points (the two differ only in the stand-alone "
-            f"model's learned aggregation coefficients), does not hold if "
-            f"outside (a bug in the shared-weight training), underpowered if wider. Training gate: {gate.text}")
+              rule=f"both trained with one recipe (the same budget); paired bootstrap over the test images; holds if "
+                   f"the interval lies within +-{100 * SAME_ARCHITECTURE_TOL:.0f} points (the two differ only in the "
+                   f"stand-alone model's learned aggregation coefficients), does not hold if outside (a bug in the "
+                   f"shared-weight training), underpowered if wider. Training gate: {gate.text}")
 
 
 # ----------------------------------------------------------------------------- 06: calibration
 
 def calibration_frame(results: dict[str, tuple]) -> pd.DataFrame:
-    rows = []
-    for ds, (table, _, _) in results.items():
-        for m in METHODS:
-            rows.append({"data set": ds_name(ds), "method": LABELS[m], "test error (%)": table.loc[m, "error"],
-                         "ECE": table.loc[m, "ece"], "NLL": table.loc[m, "nll"], "Brier": table.loc[m, "brier"],
-                         "paper ECE": PAPER_TABLE2[paper_ref(ds)][m][2]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"data set": ds_name(ds), "method": LABELS[m], "test error (%)": table.loc[m, "error"],
+                          "ECE": table.loc[m, "ece"], "NLL": table.loc[m, "nll"], "Brier": table.loc[m, "brier"],
+                          "paper ECE": PAPER_TABLE2[paper_ref(ds)][m][2]}
+                         for ds, (table, _, _) in results.items() for m in METHODS])
 
 
 def calibration_figure(calib: pd.DataFrame, results: dict[str, tuple], n_bins: int = 15) -> plt.Figure:
@@ -655,23 +621,18 @@ def ood_members(exp: Experiment, runs: dict[str, list[Trained]], probs_in: dict[
                                                                           batch=r.eval_batch))}
 
 
-def ood_detection(members: dict[str, tuple], seed: int = 0) -> tuple[dict[str, tuple], dict[str, C.Estimate]]:
-    """(mutual information in and out per row, the AUC of telling OOD from in-distribution
-    images by it with its interval, both samples resampled independently)."""
-    mi = {row: tuple(metrics.mutual_information(p).numpy() for p in pair) for row, pair in members.items()}
-    return mi, {row: C.auc_estimate(a, b, seed=seed) for row, (a, b) in mi.items()}
-
-
 def ood_scores(exp: Experiment, runs: dict[str, list[Trained]], probs_in: dict[str, torch.Tensor]
                ) -> tuple[dict[str, tuple], dict[str, C.Estimate], str | None]:
     """OOD detection of every OOD_ROWS row on the whole test split of the profile's OOD set, as
     the authors score it (ood_set's stand-in where it is missing): (mutual information in and
-    out per row, AUC per row, the OOD set's name); ({}, {}, None) without any OOD set."""
+    out per row, AUC per row with its interval, in and out resampled independently, the OOD
+    set's name); ({}, {}, None) without any OOD set."""
     ood, name = ood_set(exp, exp.profile.ood_dataset)
     if ood is None:
         return {}, {}, None
-    mi, aucs = ood_detection(ood_members(exp, runs, probs_in, ood), exp.seed)
-    return mi, aucs, name
+    members = ood_members(exp, runs, probs_in, ood)
+    mi = {row: tuple(metrics.mutual_information(p).numpy() for p in pair) for row, pair in members.items()}
+    return mi, {row: C.auc_estimate(a, b, seed=exp.seed) for row, (a, b) in mi.items()}, name
 
 
 def below_chance(auc: C.Estimate) -> str:

@@ -35,8 +35,7 @@ TEST_BATCH = 128
 @dataclass(frozen=True)
 class Kind:
     sampling: str            # "batch" (Eq. 1), "example" (Eq. 3) or "fixed"
-    wiring: str = "space"    # "space": S architectures of the training space; "residual"; "one": architecture
-                             # arch_index of the space, alone
+    wiring: str = "space"    # "space": S architectures of the training space; "residual"; "one": arch_index alone
     cond_agg: bool = False   # per-architecture aggregation coefficients
     cond_bn: bool = False    # per-architecture BN affine parameters
     dropout: bool = False    # dropout after every node conv
@@ -79,14 +78,11 @@ def architectures(spec: ModelSpec) -> np.ndarray:
     return archs[spec.arch_index: spec.arch_index + 1] if wiring == "one" else archs
 
 
-def net_config(spec: ModelSpec, classes: int) -> NetConfig:
-    kind, r = KINDS[spec.kind], spec.recipe
-    aux = r.aux_weight > 0 and spec.semi is None   # the semi-supervised runs have no auxiliary head
-    return NetConfig(width=r.width, nodes=r.nodes, classes=classes, cond_agg=kind.cond_agg,
-                     cond_bn=kind.cond_bn, dropout=r.dropout if kind.dropout else 0.0, aux=aux)
-
-
 def build(spec: ModelSpec, classes: int, fast: bool = False) -> WiredNet:
     """A freshly initialised network for `spec` (seed the RNG first for a reproducible init);
     `fast`: it runs fast_stage's path (runtime.Settings.fast_stage chooses)."""
-    return WiredNet(architectures(spec), net_config(spec, classes), fast=fast)
+    kind, r = KINDS[spec.kind], spec.recipe
+    aux = r.aux_weight > 0 and spec.semi is None   # the semi-supervised runs have no auxiliary head
+    config = NetConfig(width=r.width, nodes=r.nodes, classes=classes, cond_agg=kind.cond_agg, cond_bn=kind.cond_bn,
+                       dropout=r.dropout if kind.dropout else 0.0, aux=aux)
+    return WiredNet(architectures(spec), config, fast=fast)

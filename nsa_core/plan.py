@@ -8,9 +8,10 @@ and tests/test_notebooks.py compares the two after the smoke run.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -43,7 +44,7 @@ def unseen(p: Profile, seed: int = 0) -> dict[tuple[str, int], ModelSpec]:
 def table2(p: Profile, dataset: str, seed: int = 0) -> dict[str, list[ModelSpec]]:
     """05-07: the specs behind each Table 2 method on `dataset` (several for "single")."""
     S = p.space_ensemble
-    spec = lambda kind, **v: p.spec(kind, "explore", seed=seed, dataset=dataset, **v)  # noqa: E731
+    spec = lambda kind, **v: p.spec(kind, "explore", seed=seed, dataset=dataset, **v)
     return {"wrn": [spec("wrn")], "wrn-dropout": [spec("wrn-dropout")],
             "single": [spec("single", space=S, arch_index=k) for k in range(S)],
             "nsa-id": [spec("nsa-id", space=S)]}
@@ -52,7 +53,7 @@ def table2(p: Profile, dataset: str, seed: int = 0) -> dict[str, list[ModelSpec]
 def sanity(p: Profile, seed: int = 0) -> dict[str, ModelSpec]:
     """05's sanity section: NSA-i on one architecture and on the S of Table 2, that
     architecture trained alone (05's first individual) and WRN-28-10†, all with one recipe."""
-    spec = lambda kind, **v: p.spec(kind, "explore", seed=seed, **v)  # noqa: E731
+    spec = lambda kind, **v: p.spec(kind, "explore", seed=seed, **v)
     return {"nsa-i S=1": spec("nsa-i", space=1), f"nsa-i S={p.space_ensemble}": spec("nsa-i", space=p.space_ensemble),
             "single": spec("single", space=p.space_ensemble, arch_index=0), "wrn": spec("wrn")}
 
@@ -169,9 +170,7 @@ class Item:
         return (r.epochs - self.epoch) * images * per_image
 
     def describe(self) -> str:
-        if self.state == PARTIAL:
-            return f"partial ({self.epoch}/{self.spec.recipe.epochs} epochs)"
-        return self.state
+        return f"partial ({self.epoch}/{self.spec.recipe.epochs} epochs)" if self.state == PARTIAL else self.state
 
 
 def notebook_stems(numbers: list[str] | None = None) -> list[str]:
@@ -179,9 +178,7 @@ def notebook_stems(numbers: list[str] | None = None) -> list[str]:
     full stem)."""
     present = {p.stem for p in (paths.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     declared = [stem for stem in NOTEBOOK_MODELS if stem in present]
-    if not numbers:
-        return declared
-    return paths.pick_numbered(numbers, declared)
+    return paths.pick_numbered(numbers, declared) if numbers else declared
 
 
 def asked_by(notebook: str, profile: str = "tiny", seed: int = 0, sets: dict[str, Any] | None = None,
@@ -208,9 +205,7 @@ def _checkpoint_epoch(folder: Path) -> int | None:
         try:   # mmap: only the small progress record is read, not the weights
             state = torch.load(folder / name, map_location="cpu", weights_only=False, mmap=True)
             return int(state["progress"]["epoch"])
-        except FileNotFoundError:
-            continue
-        except Exception:   # a damaged checkpoint: the trainer will fall back as it does
+        except Exception:   # missing, or damaged: the trainer will fall back as it does
             continue
     return None
 
@@ -220,7 +215,7 @@ def state_of(spec: ModelSpec, models_dir: Path | str | None = None, data_dir=Non
     """Where `spec` stands in the model cache, found by reading alone: no data are decoded or
     downloaded, nothing is written. A finished model gets the check every load makes
     (cache.status): one that fails it is DAMAGED."""
-    from . import cache   # the cache imports the trainer: only when a state is asked
+    from . import cache  # the cache imports the trainer: only when a state is asked
 
     r = spec.recipe
     try:
@@ -236,9 +231,7 @@ def state_of(spec: ModelSpec, models_dir: Path | str | None = None, data_dir=Non
     failed = folder / "failed.txt"
     note = f"failed before: {failed.read_text().strip()}" if failed.is_file() else ""
     epoch = _checkpoint_epoch(folder)
-    if epoch is not None:
-        return Item(spec, users, folder, PARTIAL, epoch, note)
-    return Item(spec, users, folder, MISSING, note=note)
+    return Item(spec, users, folder, MISSING if epoch is None else PARTIAL, epoch or 0, note)
 
 
 def build_plan(profile: str = "tiny", notebooks: list[str] | None = None,
