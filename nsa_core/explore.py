@@ -60,13 +60,12 @@ def ds_name(dataset: str | None) -> str:
 def with_knobs(overrides: dict[str, Any] | None, knobs: dict[str, Any]) -> dict[str, Any] | None:
     """A notebook's OVERRIDES with its own profile knobs added (those not None; a knob wins):
     the knobs are profile values, so they take the route every override takes (setup)."""
-    merged = {**(overrides or {}), **{k: v for k, v in knobs.items() if v is not None}}
-    return merged or None
+    return {**(overrides or {}), **{k: v for k, v in knobs.items() if v is not None}} or None
 
 
 def notebook_specs(exp: Experiment) -> list[ModelSpec]:
-    """The distinct specs the plan declares for exp's notebook (plan.NOTEBOOK_MODELS: 05's
-    sanity models are partly Table 2's), for exp.overview."""
+    """The distinct specs plan.NOTEBOOK_MODELS declares for exp's notebook (05's sanity models are
+    partly Table 2's), for exp.overview."""
     specs = plan.NOTEBOOK_MODELS[exp.notebook](exp.profile, exp.seed, exp.data_dir)
     return list({s.key: s for s in specs}.values())
 
@@ -176,11 +175,9 @@ def ood_set(exp: Experiment, name: str, n: int | None = None) -> tuple[D.Split |
 def attack_outcomes(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: A.PGD,
                     archs: torch.Tensor | None = None, mc_samples: int | None = None, batch: int = 250,
                     seed: int = 0) -> dict:
-    """evaluate.attacked_members's attack (`evaluate.attacked_members`, so the same numbers), kept
-    per image so that its accuracies and AUC can be bootstrapped: correct_clean, correct_adv
-    (0/1 per image), mi_clean, mi_adv (mutual information per image), and the summary."""
-    p_clean, p_adv, y = evaluate.attacked_members(model, images, labels, norm, attack, archs, mc_samples,
-                                                  batch, seed)
+    """evaluate.attacked_members's attack (so the same numbers), kept per image for the bootstrap:
+    correct_clean, correct_adv (0/1), mi_clean, mi_adv (mutual information), and the summary."""
+    p_clean, p_adv, y = evaluate.attacked_members(model, images, labels, norm, attack, archs, mc_samples, batch, seed)
     out = {"correct_clean": (p_clean.mean(0).argmax(1) == y).numpy().astype(float),
            "correct_adv": (p_adv.mean(0).argmax(1) == y).numpy().astype(float),
            "mi_clean": metrics.mutual_information(p_clean).numpy(), "mi_adv": metrics.mutual_information(p_adv).numpy()}
@@ -193,8 +190,7 @@ def attack_outcomes(model: WiredNet, images: torch.Tensor, labels: torch.Tensor,
 # ------------------------------------------------------------------------ figures (05-07)
 
 def paper_ref(dataset: str) -> str:
-    """The data set of the paper's Table 2 a data set is read against: itself, or CIFAR-10
-    for the smoke profile's synthetic set."""
+    """The paper's Table 2 data set that `dataset` is read against: itself, else CIFAR-10 (synthetic)."""
     return dataset if dataset in PAPER_TABLE2 else "cifar10"
 
 
@@ -238,8 +234,8 @@ def plot_table2_bars(results: dict[str, tuple[pd.DataFrame, dict[str, torch.Tens
 
 def table2_intervals(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int = 15
                      ) -> dict[str, dict[str, C.Estimate]]:
-    """Each method's test error (%) and ECE with their bootstrap intervals over test images,
-    scored as `scores` scores them: {"error" | "ece": {method: Estimate}}."""
+    """{"error" | "ece": {method: Estimate}}: test error (%) and ECE as `scores` scores them, with
+    their bootstrap intervals over test images."""
     out = {}
     for col, scale in (("error", 100), ("ece", 1)):
         out[col] = {}
@@ -251,8 +247,8 @@ def table2_intervals(probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bin
 
 
 def pooled_ece(preds: list[torch.Tensor], labels: torch.Tensor, n_bins: int = 15) -> C.Estimate:
-    """ECE of predictions pooled over a list of predictors, with its interval: the test images
-    are resampled, each drawn image bringing all of its predictions."""
+    """ECE of the predictors' predictions pooled, with its interval over resampled test images
+    (each bringing all of its predictions)."""
     y = torch.as_tensor(labels).long()
     conf = np.stack([p.max(1).values.double().numpy() for p in preds])          # [K, N]
     right = np.stack([(p.argmax(1) == y).double().numpy() for p in preds])
