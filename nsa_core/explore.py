@@ -604,17 +604,12 @@ def ood_members(exp: Experiment, runs: dict[str, list[Trained]], probs_in: dict[
     r, P = exp.profile.explore, exp.profile
     mc, nsa = runs["wrn-dropout"][0].model, runs["nsa-id"][0].model
     test = exp.test_set(r)
-    everything = torch.arange(nsa.num_archs)
-
-    def fresh(images: torch.Tensor) -> torch.Tensor:
-        return evaluate.member_probs(nsa, images, r.dataset, archs=everything, batch=r.eval_batch, fresh=True,
-                                     seed=exp.seed)
-
+    every = {"archs": torch.arange(nsa.num_archs), "batch": r.eval_batch}
+    fresh = lambda images: evaluate.member_probs(nsa, images, r.dataset, fresh=True, seed=exp.seed, **every)
     return {"wrn-dropout": (probs_in["wrn-dropout"], evaluate.mc_dropout_probs(mc, ood.images, r.dataset, P.mc_samples,
                                                                                batch=r.eval_batch, seed=exp.seed)),
             "nsa-id": (fresh(test.images), fresh(ood.images)),
-            "nsa-id distinct": (probs_in["nsa-id"], evaluate.member_probs(nsa, ood.images, r.dataset, archs=everything,
-                                                                          batch=r.eval_batch))}
+            "nsa-id distinct": (probs_in["nsa-id"], evaluate.member_probs(nsa, ood.images, r.dataset, **every))}
 
 
 def ood_scores(exp: Experiment, runs: dict[str, list[Trained]], probs_in: dict[str, torch.Tensor]
@@ -678,8 +673,7 @@ def uncertainty_claims(exp: Experiment, runs: dict[str, list[Trained]], mi: dict
     levels (attack_outcomes_all). Every ordering passes the convergence gate."""
     gate = histories_gate(exp, runs)
     _ood_claims(exp, mi, aucs, ood_name, gate)
-    _attack_claims(exp, outcomes, n_att, gate)
-    _table3_claim(exp, aucs, ood_name, outcomes, n_att, gate)
+    _attack_claims(exp, aucs, ood_name, outcomes, n_att, gate)
 
 
 def _ood_claims(exp: Experiment, mi: dict, aucs: dict, ood_name: str | None, gate: C.Gate) -> None:
@@ -708,7 +702,8 @@ def _ood_claims(exp: Experiment, mi: dict, aucs: dict, ood_name: str | None, gat
                   reproduced=measured, verdict=C.verdict(gain, gate.comparable), kind=C.BEYOND, rule=rule)
 
 
-def _attack_claims(exp: Experiment, outcomes: dict, n_att: int, gate: C.Gate) -> None:
+def _attack_claims(exp: Experiment, aucs: dict, ood_name: str | None, outcomes: dict, n_att: int, gate: C.Gate) -> None:
+    """Robustness and attack detection against MC dropout, the attack's sanity, Table 3's levels."""
     seed, names = exp.seed, list(dict.fromkeys(a for _, a in outcomes))
     nsa, mc = {a: outcomes["nsa-id", a] for a in names}, {a: outcomes["wrn-dropout", a] for a in names}
     where = f"{n_att} {ds_name(exp.profile.explore.dataset)} test images"
@@ -739,13 +734,9 @@ def _attack_claims(exp: Experiment, outcomes: dict, n_att: int, gate: C.Gate) ->
               verdict=C.all_of(C.verdict(d) for d in steps.values()) if steps else C.NOT_COMPARABLE, kind=C.SANITY,
               rule="paired bootstrap over the attacked images; holds if, for both models, accuracy at each budget minus "
                    "that at the next larger one lies above 0")
-
-
-def _table3_claim(exp: Experiment, aucs: dict, ood_name: str | None, outcomes: dict, n_att: int, gate: C.Gate) -> None:
-    names = list(dict.fromkeys(a for _, a in outcomes))
     acc = {(m, a): outcomes[m, a]["summary"]["acc_adv"] for m in UNCERTAINTY for a in names}
     comparable = exp.paper_scale and gate.comparable and ood_name == "svhn"
-    levels = [C.equivalence(C.proportion(acc[m, a], n_att, exp.seed).shifted(-paper.PGD[m][a][0]), C.TABLE3_TOL,
+    levels = [C.equivalence(C.proportion(acc[m, a], n_att, seed).shifted(-paper.PGD[m][a][0]), C.TABLE3_TOL,
                             comparable) for m, a in acc if a in paper.PGD[m]]
     exp.claim("Table 3's values: OOD AUC on SVHN, accuracy and AUC under each PGD attack",
               paper=f"OOD {paper.OOD_AUC['wrn-dropout']:.3f} / {paper.OOD_AUC['nsa-id']:.3f}; PGD acc "
