@@ -89,24 +89,22 @@ def table2_probs(exp: Experiment, dataset: str, runs: dict[str, list[Trained]]) 
     r = exp.profile.explore
     test = exp.test_set(r, dataset)
     mc, batch = exp.profile.mc_samples, r.eval_batch
+
+    def member_probs(method: str, models: list[WiredNet]) -> torch.Tensor:
+        if method == "wrn-dropout":
+            return evaluate.mc_dropout_probs(models[0], test.images, dataset, mc, batch=batch, seed=exp.seed)
+        if method == "nsa-id":
+            return evaluate.member_probs(models[0], test.images, dataset, archs=torch.arange(models[0].num_archs),
+                                         batch=batch)
+        # fixed wirings ("wrn", each individual): one deterministic pass each
+        return torch.stack([evaluate.predict(net, test.images, dataset, batch=batch).softmax(1) for net in models])
+
     out = {}
     for m, rs in runs.items():
         key = {"method": m, "specs": [t.spec.key for t in rs], "test": test.fingerprint(), "seed": exp.seed,
                "mc": (mc, batch) if m == "wrn-dropout" else None}
-        out[m] = exp.cached("probs", key, lambda m=m, rs=rs: _member_probs(
-            m, [t.model for t in rs], test.images, dataset, mc, batch, exp.seed))
+        out[m] = exp.cached("probs", key, lambda m=m, rs=rs: member_probs(m, [t.model for t in rs]))
     return out, test.labels
-
-
-def _member_probs(method: str, models: list[WiredNet], images: torch.Tensor, norm: str,
-                  mc_samples: int, batch: int, seed: int) -> torch.Tensor:
-    if method == "wrn-dropout":
-        return evaluate.mc_dropout_probs(models[0], images, norm, mc_samples, batch=batch, seed=seed)
-    if method == "nsa-id":
-        return evaluate.member_probs(models[0], images, norm, archs=torch.arange(models[0].num_archs),
-                                     batch=batch)
-    # fixed wirings ("wrn", each individual): one deterministic pass each
-    return torch.stack([evaluate.predict(m, images, norm, batch=batch).softmax(1) for m in models])
 
 
 def predictions(method: str, member_probs: torch.Tensor) -> list[torch.Tensor]:
