@@ -55,14 +55,14 @@ def bn_mode_scores(exp: Experiment, runs_by_S: dict[int, Trained], n: int) -> pd
 
 
 def curve_claim(exp: Experiment, runs: dict, gate: C.Gate, column: str, statement: str, paper: str, what: str,
-                rule: str, seed: int = 0) -> None:
+                rule: str) -> None:
     """The claim that NSA's test curve (`column`) is less stable than NSA-i's at every S of
     spaces_bn: std of NSA's last points (claims.curve_instability) - NSA-i's, each resampled on
     its own; not comparable when a curve is too short."""
     spaces = exp.profile.spaces_bn
     last = {S: [C.curve_instability(runs[k, S].curve, column) for k in ("nsa", "nsa-i")] for S in spaces}
     known = all(len(a) and len(b) for a, b in last.values())
-    spread = {S: C.two_sample(lambda x, y: C.spread(x) - C.spread(y), a, b, seed=seed)
+    spread = {S: C.two_sample(lambda x, y: C.spread(x) - C.spread(y), a, b, seed=exp.seed)
               for S, (a, b) in last.items()} if known else {}
     exp.claim(statement, paper=paper,
               reproduced=f"{what}, NSA - NSA-i: {C.by_S(spread)}" if known
@@ -176,16 +176,15 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
     reference of the instability claim; scores: bn_mode_scores; modes: the three BN modes,
     beyond.three_modes)."""
     seed, spaces, images = exp.seed, exp.profile.spaces_bn, len(exp.test_set())
-    nsa = {S: runs["nsa", S] for S in spaces}
     gate = exp.gate({r.label: r for r in runs.values()}, "matched")
-    hists = {S: r.history for S, r in nsa.items()}
+    hists = {S: runs["nsa", S].history for S in spaces}
     sane = all(h.train_loss.notna().all() and h.train_loss.iloc[-1] < h.train_loss.iloc[0] for h in hists.values())
     exp.claim("NSA's training loss is finite and falls at every S", paper="training curves converge (Fig. 2(a)-(b))",
               reproduced="first -> last epoch: " + ", ".join(
                   f"S={S}: {h.train_loss.iloc[0]:.3f} -> {h.train_loss.iloc[-1]:.3f}" for S, h in hists.items()),
               verdict=C.HOLDS if sane else C.FAILS, kind=C.SANITY,
               rule="holds if every logged training loss is finite and the last is below the first (any working run passes)")
-    conv = {S: C.converged(r.curve, seed) for S, r in nsa.items()}
+    conv = {S: C.converged(runs["nsa", S].curve, seed) for S in spaces}
     done = all(c for c, _ in conv.values())
     exp.claim("NSA trains stably to convergence at every S",
               paper="stable and well converged for S = 500, 5000, 50000 (Fig. 2(a)-(b), App. B)",
@@ -207,7 +206,7 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
                 what="std of the last test accuracies",
                 rule=f"the last tenth of each test curve (at least {C.MIN_CURVE_POINTS} evaluations), each model's "
                      "points resampled on their own; holds if the interval of the difference lies above 0 at every S; "
-                     "not comparable with fewer evaluations", seed=seed)
+                     "not comparable with fewer evaluations")
     at = {S: scores[scores.S == S] for S in spaces}
     wider = {S: C.arch_difference(at[S], "bn", "test", "train", C.spread, seed) for S in spaces}
     exp.claim("With BN in test mode the architectures' accuracies spread more than with BN in training mode",
@@ -253,13 +252,12 @@ def instance_three_modes(exp: Experiment, runs: dict, n: int, k: int) -> pd.Data
 def batch_mean_variances(exp: Experiment, runs: dict, batches: int) -> pd.DataFrame:
     """App. C: evaluate.batch_mean_variance of NSA and NSA-i at every S of spaces_bn, each
     with the sampling it trained with; columns layer, var_mean, S, model, position."""
-    P, test = exp.profile, exp.test_set()
+    r, test = exp.profile.understand, exp.test_set()
     out = []
-    for S in P.spaces_bn:
+    for S in exp.profile.spaces_bn:
         for kind in ("nsa", "nsa-i"):
-            v = evaluate.batch_mean_variance(runs[kind, S].model, test.images, P.understand.dataset,
-                                             KINDS[kind].sampling, batches=batches,
-                                             batch_size=min(P.understand.batch_size, len(test)), seed=exp.seed)
+            v = evaluate.batch_mean_variance(runs[kind, S].model, test.images, r.dataset, KINDS[kind].sampling,
+                                             batches=batches, batch_size=min(r.batch_size, len(test)), seed=exp.seed)
             out.append(v.assign(S=S, model=LABEL[kind], position=np.arange(len(v))))
     return pd.concat(out, ignore_index=True)
 
@@ -352,7 +350,7 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
                 what="std of the last test losses",
                 rule=f"the spread of the last tenth of each test-loss curve (at least {C.MIN_CURVE_POINTS} evaluations), "
                      "each model's points resampled on their own; holds if NSA's exceeds NSA-i's at every S (01 tests "
-                     "the accuracy curves)", seed=seed)
+                     "the accuracy curves)")
     _variance_claim(exp, variance, gate)
     beyond.instance_recalibration_claim(exp, three, n, k, gate)
 
