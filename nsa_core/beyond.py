@@ -56,10 +56,9 @@ def _calibration_batches(n: int, batches: int, batch_size: int, seed: int) -> li
 
 @contextlib.contextmanager
 def _bn_statistics_kept(model: nn.Module) -> Iterator[list[nn.BatchNorm2d]]:
-    """Every BN layer's running statistics, counter, momentum and flags, and every module's
-    training flag, restored bit for bit on exit; inside, BN layers average the batches they
-    see with equal weights (momentum None: the cumulative average), so K batches give their
-    exact mean, whatever K is."""
+    """Every BN layer's running statistics, counter, momentum and flags, and every module's training
+    flag, restored bit for bit on exit; inside, BN layers average the batches they see with equal
+    weights (momentum None), so K batches give their exact mean."""
     flags = evaluate._training_flags(model)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum,
@@ -99,22 +98,15 @@ def recalibrated_scores(model: WiredNet, calibration: torch.Tensor, images: torc
                         norm: str, archs: evaluate.ArchLike | None = None, wirings: torch.Tensor | np.ndarray | None = None,
                         batches: int | list[int] = 20, batch_size: int = 128, batch: int = 500,
                         seed: int = 0) -> pd.DataFrame:
-    """Accuracy and loss of each architecture with BN *recalibrated* for it: the third BN mode
-    (beyond the paper; what one-shot NAS supernets do before scoring a subnet). For each
-    architecture: reset every BN layer's running statistics, run K batches of `batch_size`
-    `calibration` images (uint8 training images, no augmentation, as the test images have
-    none) through that architecture alone with BN in training mode, accumulating the exact
-    average of their statistics, then score it on `images` with BN in test mode. The shared
-    statistics, counters, momenta and flags are restored afterwards, bit for bit; no
-    parameter changes.
+    """Accuracy and loss of each architecture with BN *recalibrated* for it, the third BN mode:
+    every BN layer's running statistics reset, then the exact average of those of K batches of
+    `batch_size` `calibration` images (uint8 training images, unaugmented as the test images)
+    through that architecture alone, then scored on `images` in test mode. Everything is
+    restored afterwards, bit for bit; no parameter changes.
 
-    `batches` is K, or several K: one row per (architecture, K). The sweep costs no more than
-    its largest K, since the cumulative average after k batches is exactly the K = k one; every
-    architecture sees the same calibration batches (seeded by `seed`), so architectures and
-    K are compared on the same data. Cost per architecture: max(K) forwards of `batch_size`
-    images (no backward), plus one test-mode pass over `images` per K.
-
-    Columns arch (index, or position in `wirings`), batches (K), acc, loss."""
+    `batches` is K, or several K: one row per (architecture, K), at the cost of the largest K
+    (the cumulative average after k batches is the K = k one). Every architecture sees the same
+    batches (seeded by `seed`). Columns arch (index, or position in `wirings`), batches, acc, loss."""
     ks = sorted({int(k) for k in np.atleast_1d(batches)})
     if not ks or ks[0] < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")
@@ -125,16 +117,12 @@ def recalibrated_scores(model: WiredNet, calibration: torch.Tensor, images: torc
         for t in range(T):
             for m in bns:
                 m.reset_running_stats()
-            done = 0
-            for k in ks:
+            for done, k in zip([0, *ks], ks):
                 _calibrate(model, bns, calibration, norm, index[done:k], idx, w, t)
-                done = k
                 one = {"archs": idx[t:t + 1]} if idx is not None else {"wirings": w[t:t + 1]}
                 s = evaluate.arch_scores(model, images, labels, norm, bn="test", batch=batch, **one)
                 rows.append((int(idx[t]) if idx is not None else t, k, float(s.acc[0]), float(s.loss[0])))
     return pd.DataFrame(rows, columns=["arch", "batches", "acc", "loss"])
-
-
 
 
 def calibration_images(exp: Experiment, r: Recipe) -> torch.Tensor:
@@ -172,7 +160,6 @@ def three_modes(exp: Experiment, runs_by_S: dict[int, Trained], n: int, k: int,
     S, bn ('train', 'test' as notebooks 01-02 score them; 'recalibrated' with K = k), arch,
     acc, loss. With `sweep` (several K), the first S is recalibrated at each of them, at the
     cost of the largest; sweep has columns S, arch, batches, acc, loss (empty without)."""
-
     modes, swept = [], []
     for j, (S, run) in enumerate(runs_by_S.items()):
         archs = list(range(min(n, S)))
@@ -187,22 +174,10 @@ def three_modes(exp: Experiment, runs_by_S: dict[int, Trained], n: int, k: int,
     return scores, pd.concat(swept, ignore_index=True) if swept else pd.DataFrame()
 
 
-def mode_correlations(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Spearman's rho between every two BN modes over the same architectures, with its
-    bootstrap interval: columns pair, rho, low, high."""
-    wide = scores.pivot(index="arch", columns="bn", values="acc").dropna()
-    rows = []
-    for a, b in (("train", "test"), ("train", "recalibrated"), ("test", "recalibrated")):
-        e = C.paired(metrics.spearman_rows, wide[a], wide[b], seed=seed)
-        rows.append((f"{a} vs {b}", e.value, e.low, e.high))
-    return pd.DataFrame(rows, columns=["pair", "rho", "low", "high"])
-
-
 def recalibration_claim(exp: Experiment, modes: pd.DataFrame, n: int, k: int, gate: C.Gate) -> None:
     """01's claim beyond the paper, on NSA's three BN modes at every S: recalibration removes the
     disparity, i.e. it lifts the test-mode accuracy, to the training-mode level (within
     LEVEL_TOL), and shrinks the spread across architectures. One fact, one claim."""
-
     spaces = list(dict.fromkeys(modes.S))
     at = {S: modes[modes.S == S] for S in spaces}
     lift = {S: C.arch_difference(at[S], "bn", "recalibrated", "test", seed=exp.seed) for S in spaces}
@@ -223,7 +198,6 @@ def recalibration_claim(exp: Experiment, modes: pd.DataFrame, n: int, k: int, ga
 def instance_recalibration_claim(exp: Experiment, three: pd.DataFrame, n: int, k: int, gate: C.Gate) -> None:
     """02's claim beyond the paper: with BN recalibrated, NSA-i's architectures still score
     higher than NSA's (three: both models' three BN modes, column model)."""
-
     rec = three[three.bn == "recalibrated"]
     still = {S: C.arch_difference(rec[rec.S == S], "model", "NSA-i", "NSA", seed=exp.seed)
              for S in dict.fromkeys(three.S)}
@@ -243,21 +217,16 @@ def instance_recalibration_claim(exp: Experiment, three: pd.DataFrame, n: int, k
 PROXY_TAU = 0.5
 
 
-def _check_wirings(runs: dict[str, list[Trained]]) -> None:
-    """plan.proxy's premise: architecture k of each stand-alone model is architecture k of the
-    shared models' space (spaces of one seed share their first architectures)."""
-    space = architectures(runs[SHARED_KINDS[0]][0].spec)
-    for k, run in enumerate(runs["single"]):
-        if not np.array_equal(architectures(run.spec)[0], space[k]):
-            raise RuntimeError(f"architecture {k} of the space of {run.spec.space} differs from the shared space's")
-
-
 def proxy_scores(exp: Experiment, runs: dict[str, list[Trained]], k: int) -> pd.DataFrame:
-    """One row per (architecture, shared model, BN mode): arch, kind, bn ('test' or
-    'recalibrated', K = k batches), acc and loss under the shared weights, alone (the
-    stand-alone test accuracy of that architecture trained by itself). runs: plan.proxy's
-    specs, trained (exp.trained), in the plan's order."""
-    _check_wirings(runs)
+    """One row per (architecture, shared model, BN mode 'test' or 'recalibrated' with K = k): arch,
+    kind, bn, acc and loss under the shared weights, and alone, the test accuracy of that
+    architecture trained by itself. runs: plan.proxy's specs, trained, in the plan's order."""
+    # plan.proxy's premise: architecture k of each stand-alone model is architecture k of the
+    # shared models' space (spaces of one seed share their first architectures)
+    space = architectures(runs[SHARED_KINDS[0]][0].spec)
+    for j, run in enumerate(runs["single"]):
+        if not np.array_equal(architectures(run.spec)[0], space[j]):
+            raise RuntimeError(f"architecture {j} of the space of {run.spec.space} differs from the shared space's")
     m = len(runs["single"])
     alone = [float(test_mode_scores(exp, run, [0]).acc[0]) for run in runs["single"]]
     rows = []

@@ -40,20 +40,11 @@ def data_statement(exp: Experiment, recipe: Recipe) -> None:
 
 
 def method_code(names: tuple[str, ...] = ("nsa", "nsa-i", "nsa-id")) -> str:
-    """The registry lines of `names` and the sampling rule the trainer calls, as source text."""
-    return kind_lines(names) + "\n\n" + inspect.getsource(kinds.draw_archs)
-
-
-def kind_lines(names: tuple[str, ...] = ("nsa", "nsa-i", "nsa-id")) -> str:
-    """The lines of the registry of kinds that define `names`, read from the library's own
-    source, so that the tour shows the code that runs rather than a copy that can drift."""
-    return "\n".join(line for line in inspect.getsource(kinds).splitlines()
-                     if any(line.strip().startswith(f'"{n}":') for n in names))
-
-
-def _significant(x: float) -> str:
-    # the odds span many orders of magnitude: a table's fixed decimals would print most of them as 0
-    return f"{x:.3g}"
+    """The registry lines of `names` and the sampling rule the trainer calls, read from the
+    library's own source, so that the tour shows the code that runs rather than a copy that can drift."""
+    source = inspect.getsource(kinds).splitlines()
+    lines = [line for line in source if any(line.strip().startswith(f'"{n}":') for n in names)]
+    return "\n".join(lines) + "\n\n" + inspect.getsource(kinds.draw_archs)
 
 
 def residual_odds(space: np.ndarray, p: float = wspace.P_EDGE) -> pd.DataFrame:
@@ -66,12 +57,14 @@ def residual_odds(space: np.ndarray, p: float = wspace.P_EDGE) -> pd.DataFrame:
     k = int(np.tril(residual, k=-1).sum())
     m = nodes * (nodes + 1) // 2
     per_stage = p ** k * (1 - p) ** (m - k)
+    significant = "{:.3g}".format   # the odds span many orders of magnitude: fixed decimals print most as 0
     found = [int((space[:, s] == residual).all((1, 2)).sum()) for s in range(wspace.STAGES)]
     return pd.Series({"N (nodes per stage)": nodes, "M (possible skip edges)": m,
-                      "k (skip edges of the residual wiring)": k, "p (a given stage is residual)": _significant(per_stage),
-                      "S (training space)": S, "S p (architectures with a given stage residual, expected)":
-                      _significant(S * per_stage), "found in stages 1, 2, 3": found,
-                      "S p^3 (whole residual architectures, expected)": _significant(S * per_stage ** 3)},
+                      "k (skip edges of the residual wiring)": k,
+                      "p (a given stage is residual)": significant(per_stage), "S (training space)": S,
+                      "S p (architectures with a given stage residual, expected)": significant(S * per_stage),
+                      "found in stages 1, 2, 3": found,
+                      "S p^3 (whole residual architectures, expected)": significant(S * per_stage ** 3)},
                      name="this run", dtype=object).to_frame()
 
 
@@ -81,11 +74,10 @@ def _parameters(profile: Profile, kind: str, space: int, classes: int) -> int:
 
 
 def parameter_counts(profile: Profile, spaces: tuple[int, ...], classes: int = 10) -> pd.DataFrame:
-    """Parameters of NSA, NSA-i and NSA-id at each S of `spaces` (built, not trained): the
-    total, the extra over NSA (absolute and in % of NSA) and, for NSA-id, the parameters each
-    architecture of its space adds ("per architecture"). NSA-id's per-architecture BN scales
-    and shifts replace the shared ones, so its extra is S x per architecture minus those: the
-    extra divided by S is not the cost of one architecture."""
+    """Parameters of NSA, NSA-i and NSA-id at each S of `spaces` (built, not trained), the extra
+    over NSA (absolute, % of NSA) and what each architecture adds to NSA-id ("per architecture").
+    NSA-id's per-architecture BN affines replace the shared ones, so its extra is S x per
+    architecture minus those: the extra divided by S is not the cost of one architecture."""
     per = _parameters(profile, "nsa-id", 2, classes) - _parameters(profile, "nsa-id", 1, classes)
     rows = [{"model": kinds.KINDS[kind].label, "S": S, "parameters": _parameters(profile, kind, S, classes),
              "per architecture": per if kind == "nsa-id" else 0}
@@ -117,11 +109,10 @@ def last_epoch(runs: dict[str, Trained]) -> pd.DataFrame:
 
 
 def bn_scores(runs: dict[str, Trained], test: Split, n: int) -> pd.DataFrame:
-    """The first n architectures of each model's space scored on `test` in both BN modes:
-    'train' in batches of the training batch size holding one architecture each, for NSA-i
-    too, so that each architecture is normalised by statistics that fit it exactly (the same
-    reference for both models); 'test' with the running statistics. Columns model, bn, arch,
-    acc, loss."""
+    """The first n architectures of each model's space scored on `test` in both BN modes: 'train'
+    in training-size batches of one architecture each, for NSA-i too, so that each is normalised
+    by statistics that fit it exactly (one reference for both models); 'test' with the running
+    statistics. Columns model, bn, arch, acc, loss."""
     out = []
     for kind, run in runs.items():
         r = run.spec.recipe
@@ -185,13 +176,10 @@ def plot_familiar_wirings(nodes: int) -> plt.Figure:
 
 
 def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Figure:
-    """One panel per model (column `model`, in order of appearance): histograms of the same
-    architectures' test accuracy with BN in training mode and in test mode (column `bn`), on
-    bins and an x axis shared by all panels, so that the panels compare as well as the modes.
-    The legend gives each histogram's mean and standard deviation; the title (by default) how
-    many architectures each histogram holds."""
-    if title is None:
-        title = f"The same {scores.arch.nunique()} architectures, BN in training vs test mode"
+    """One panel per model (column `model`): histograms of the same architectures' test accuracy
+    with BN in training and in test mode (column `bn`) on bins and an x axis shared by all panels,
+    so that panels compare as well as modes; the legend gives each mean and std, the default title
+    the number of architectures."""
     acc = 100 * scores.acc
     bins = np.linspace(acc.min() - 0.5, acc.max() + 0.5, 21)
     models = list(dict.fromkeys(scores.model))
@@ -208,17 +196,16 @@ def plot_bn_disparity(scores: pd.DataFrame, title: str | None = None) -> plt.Fig
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3))   # below the x label, clear of the bars
     axes[0, 0].set_ylabel("architectures")
-    fig.suptitle(title)
+    fig.suptitle(title if title is not None else
+                 f"The same {scores.arch.nunique()} architectures, BN in training vs test mode")
     fig.tight_layout()
     return fig
 
 
 def plot_batch_mean_variance(variance: pd.DataFrame, title: str | None = None) -> plt.Figure:
-    """evaluate.batch_mean_variance of several models (column `model`) in one panel: per BN
-    layer, the variance over batches of the per-channel batch mean of that layer's input,
-    averaged over channels; log scale, one tick per layer named as the module is (in the order
-    the rows come, the network's module order). Markers only, side by side per layer: the
-    layers are separate measurements, so no line joins them."""
+    """evaluate.batch_mean_variance of several models (column `model`) in one panel, log scale, one
+    tick per BN layer in the rows' (the network's module) order. Markers only, side by side per
+    layer: the layers are separate measurements, so no line joins them."""
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     layers = list(dict.fromkeys(variance.layer))
     groups = list(variance.groupby("model", sort=False))
@@ -260,5 +247,3 @@ def plot_small_ensemble(member_probs: torch.Tensor, labels: torch.Tensor, title:
         ax.set_title(title)
     fig.tight_layout()
     return fig
-
-

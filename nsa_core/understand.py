@@ -18,15 +18,14 @@ import seaborn as sns
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from . import beyond, evaluate, metrics, paper
 from . import claims as C
-from . import evaluate, metrics, paper
 from . import space as wspace
 from .kinds import KINDS, TEST_BATCH, architectures
 
 if TYPE_CHECKING:
     from .experiment import Experiment, Trained
 
-CURVES = (("loss", "train_loss", "test_loss"), ("accuracy", "train_acc", "test_acc"))
 MODEL_COLOURS = {"NSA": "#1f77b4", "NSA-i": "#d62728"}
 LABEL = {"nsa": "NSA", "nsa-i": "NSA-i"}
 
@@ -40,6 +39,13 @@ def _gate_rule(gate: C.Gate, rule: str) -> str:
     return f"{rule}. Training gate: {gate.text}"
 
 
+def _log_x(ax: plt.Axes, ticks: list) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+
+
 # ------------------------------------------------------------------------ scores
 
 def bn_mode_scores(exp: Experiment, runs_by_S: dict[int, Trained], n: int) -> pd.DataFrame:
@@ -48,22 +54,16 @@ def bn_mode_scores(exp: Experiment, runs_by_S: dict[int, Trained], n: int) -> pd
                       for S, run in runs_by_S.items() for bn in ("train", "test")], ignore_index=True)
 
 
-def curve_spread(a: pd.DataFrame, b: pd.DataFrame, column: str = "test_acc", seed: int = 0) -> C.Estimate | None:
-    """std(last points of test curve a) - std(b's), claims.curve_instability's points of each,
-    both resampled; None when either curve is too short."""
-    ta, tb = (C.curve_instability(c, column) for c in (a, b))
-    if not (len(ta) and len(tb)):
-        return None
-    return C.two_sample(lambda x, y: C.spread(x) - C.spread(y), ta, tb, seed=seed)
-
-
 def curve_claim(exp: Experiment, runs: dict, gate: C.Gate, column: str, statement: str, paper: str, what: str,
-                rule: str, seed: int = 0) -> None:
+                rule: str) -> None:
     """The claim that NSA's test curve (`column`) is less stable than NSA-i's at every S of
-    spaces_bn: curve_spread of each pair; not comparable when the curves are too short."""
+    spaces_bn: std of NSA's last points (claims.curve_instability) - NSA-i's, each resampled on
+    its own; not comparable when a curve is too short."""
     spaces = exp.profile.spaces_bn
-    spread = {S: curve_spread(runs["nsa", S].curve, runs["nsa-i", S].curve, column, seed) for S in spaces}
-    known = all(d is not None for d in spread.values())
+    last = {S: [C.curve_instability(runs[k, S].curve, column) for k in ("nsa", "nsa-i")] for S in spaces}
+    known = all(len(a) and len(b) for a, b in last.values())
+    spread = {S: C.two_sample(lambda x, y: C.spread(x) - C.spread(y), a, b, seed=exp.seed)
+              for S, (a, b) in last.items()} if known else {}
     exp.claim(statement, paper=paper,
               reproduced=f"{what}, NSA - NSA-i: {C.by_S(spread)}" if known
               else f"{len(runs['nsa', spaces[0]].curve)} test evaluations per model",
@@ -78,19 +78,11 @@ def rank_correlation(scores: pd.DataFrame, model: str, S: int, seed: int = 0) ->
     return C.paired(metrics.spearman_rows, w["train"], w["test"], seed=seed)
 
 
-def archs_per_point(run: Trained, images: int) -> str:
-    """How many architectures stand behind one point of a model's test curve."""
-    if KINDS[run.spec.kind].sampling == "batch":
-        return f"{-(-images // TEST_BATCH)} architectures (one per {TEST_BATCH} test images)"
-    return f"one architecture per test image ({images})"
-
-
 # ------------------------------------------------------------------------ figures
 
 def example_architectures(exp: Experiment) -> dict[str, np.ndarray]:
     """Fig. 1's examples: an architecture of the first training space, the residual wiring and the chain."""
-    P = exp.profile
-    nodes = P.understand.nodes
+    P, nodes = exp.profile, exp.profile.understand.nodes
     return {f"an architecture of the training space (S = {P.spaces_bn[0]})":
             architectures(P.spec("nsa", space=P.spaces_bn[0], seed=exp.seed))[0],
             "the residual wiring (WRN-28-10†)": wspace.fixed_architecture(wspace.residual_wiring(nodes)),
@@ -98,24 +90,44 @@ def example_architectures(exp: Experiment) -> dict[str, np.ndarray]:
 
 
 def curves_figure(exp: Experiment, runs: dict, kinds: tuple[str, ...]) -> plt.Figure:
-    """Figs. 2-3 (a)-(b) for the models `kinds` at every S of spaces_bn (runs keyed (kind, S)),
-    the number of architectures behind each test point in the title."""
-    P, images = exp.profile, len(exp.test_set())
+    """Figs. 2-3 (a)-(b) of the models `kinds` at every S of spaces_bn (runs keyed (kind, S)),
+    on the same axes: training loss and accuracy per epoch (solid, BN in training mode) against
+    every test evaluation of the curve (thin, BN in test mode), the epoch-end ones marked; the
+    title says how many architectures stand behind a test point, the legend sits below."""
+    P, images, spaces = exp.profile, len(exp.test_set()), exp.profile.spaces_bn
     every = f"every {P.understand.eval_every} steps" if P.understand.eval_every else "every epoch"
-    data = {LABEL[k]: ({S: runs[k, S].history for S in P.spaces_bn}, {S: runs[k, S].curve for S in P.spaces_bn})
-            for k in kinds}
-    behind = "; ".join(f"{LABEL[k]}: {archs_per_point(runs[k, P.spaces_bn[0]], images)}" for k in kinds)
-    return plot_dense_curves(data, f"{' and '.join(LABEL[k] for k in kinds)}: test evaluated {every} on "
-                                   f"{images} images, BN in test mode\n{behind}")
+    behind = "; ".join(f"{LABEL[k]}: " + (f"{-(-images // TEST_BATCH)} architectures (one per {TEST_BATCH} test images)"
+                                          if KINDS[runs[k, spaces[0]].spec.kind].sampling == "batch"
+                                          else f"one architecture per test image ({images})") for k in kinds)
+    fig, axes = plt.subplots(2, len(spaces), figsize=(4.2 * len(spaces), 6), squeeze=False)
+    for col, S in enumerate(spaces):
+        for row, (what, train, test) in enumerate((("loss", "train_loss", "test_loss"),
+                                                   ("accuracy", "train_acc", "test_acc"))):
+            ax = axes[row, col]
+            for k in kinds:
+                model, hist, curve = LABEL[k], runs[k, S].history, runs[k, S].curve
+                ax.plot(hist.epoch, hist[train], "o-", color=MODEL_COLOURS[model], lw=2,
+                        label=f"{model} train (BN train mode)")
+                ends = [i for i, e in enumerate(curve.epoch) if e == round(e)]
+                ax.plot(curve.epoch, curve[test], "-s", color=MODEL_COLOURS[model], lw=0.9, ms=4, mfc="white",
+                        markevery=ends, label=f"{model} test (BN test mode)")
+            ax.set_title(f"S = {S}: {what}")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(what)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(f"{' and '.join(LABEL[k] for k in kinds)}: test evaluated {every} on {images} images, BN in test "
+                 f"mode\n{behind}")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    return fig
 
 
 def curve_tables(exp: Experiment, runs: dict, kinds: tuple[str, ...]) -> None:
     """Save the histories ("curves") and test curves ("test_curve") behind curves_figure."""
-    spaces = exp.profile.spaces_bn
-    exp.save_table(pd.concat([runs[k, S].history.assign(S=S, model=LABEL[k]) for k in kinds for S in spaces],
-                             ignore_index=True), "curves")
-    exp.save_table(pd.concat([runs[k, S].curve.assign(S=S, model=LABEL[k]) for k in kinds for S in spaces],
-                             ignore_index=True), "test_curve")
+    for attr, name in (("history", "curves"), ("curve", "test_curve")):
+        exp.save_table(pd.concat([getattr(runs[k, S], attr).assign(S=S, model=LABEL[k]) for k in kinds
+                                  for S in exp.profile.spaces_bn], ignore_index=True), name)
 
 
 def mode_summary(scores: pd.DataFrame, by: tuple[str, ...] = ("S", "bn")) -> pd.DataFrame:
@@ -144,48 +156,16 @@ def plot_histograms(scores: pd.DataFrame, by: str, hue: str, title: str, labels:
         bins = int(np.clip(round(2 * np.sqrt(part.groupby(hue).size().max())), 5, 20))
         sns.histplot(part, x="accuracy", hue=hue, bins=bins, binrange=(part.accuracy.min(), part.accuracy.max() + 1e-6),
                      element="step", stat="count", common_bins=True, hue_order=order,
-                     palette=palette, ax=ax)
+                     palette=palette, legend=ax is axes[0, -1], ax=ax)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title((titles or {}).get(g, f"{by} = {g}"))
         ax.set_xlabel("test accuracy (%)")
         ax.set_ylabel("architectures")
-    for ax in axes[0, :-1]:
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
     if axes[0, -1].get_legend() is not None:
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8,
                         title_fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
-    return fig
-
-
-def plot_dense_curves(runs: dict[str, tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]],
-                      title: str) -> plt.Figure:
-    """Training curves per S (paper Figs. 2-3 (a)-(b)) of one or more models on the same
-    axes: model name -> (history per S, test curve per S). Training loss and accuracy per
-    epoch (solid, BN in training mode) against every test evaluation of the curve (thin,
-    BN in test mode), the epoch-end ones marked. The legend sits below the panels."""
-    spaces = list(next(iter(runs.values()))[0])
-    fig, axes = plt.subplots(2, len(spaces), figsize=(4.2 * len(spaces), 6), squeeze=False)
-    for col, S in enumerate(spaces):
-        for row, (what, train, test) in enumerate(CURVES):
-            ax = axes[row, col]
-            for k, (model, (hists, curves)) in enumerate(runs.items()):
-                colour = MODEL_COLOURS.get(model, f"C{k + 2}")
-                hist, curve = hists[S], curves[S]
-                ax.plot(hist.epoch, hist[train], "o-", color=colour, lw=2, label=f"{model} train (BN train mode)")
-                ends = [i for i, e in enumerate(curve.epoch) if e == round(e)]
-                ax.plot(curve.epoch, curve[test], "-s", color=colour, lw=0.9, ms=4, mfc="white", markevery=ends,
-                        label=f"{model} test (BN test mode)")
-            ax.set_title(f"S = {S}: {what}")
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(what)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     return fig
 
 
@@ -195,18 +175,16 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
     """01's claims on NSA at every S of spaces_bn (runs keyed (kind, S), NSA-i the stable
     reference of the instability claim; scores: bn_mode_scores; modes: the three BN modes,
     beyond.three_modes)."""
-    P, seed = exp.profile, exp.seed
-    spaces, images = P.spaces_bn, len(exp.test_set())
-    nsa = {S: runs["nsa", S] for S in spaces}
+    seed, spaces, images = exp.seed, exp.profile.spaces_bn, len(exp.test_set())
     gate = exp.gate({r.label: r for r in runs.values()}, "matched")
-    hists = {S: r.history for S, r in nsa.items()}
+    hists = {S: runs["nsa", S].history for S in spaces}
     sane = all(h.train_loss.notna().all() and h.train_loss.iloc[-1] < h.train_loss.iloc[0] for h in hists.values())
     exp.claim("NSA's training loss is finite and falls at every S", paper="training curves converge (Fig. 2(a)-(b))",
               reproduced="first -> last epoch: " + ", ".join(
                   f"S={S}: {h.train_loss.iloc[0]:.3f} -> {h.train_loss.iloc[-1]:.3f}" for S, h in hists.items()),
               verdict=C.HOLDS if sane else C.FAILS, kind=C.SANITY,
               rule="holds if every logged training loss is finite and the last is below the first (any working run passes)")
-    conv = {S: C.converged(r.curve, seed) for S, r in nsa.items()}
+    conv = {S: C.converged(runs["nsa", S].curve, seed) for S in spaces}
     done = all(c for c, _ in conv.values())
     exp.claim("NSA trains stably to convergence at every S",
               paper="stable and well converged for S = 500, 5000, 50000 (Fig. 2(a)-(b), App. B)",
@@ -228,7 +206,7 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
                 what="std of the last test accuracies",
                 rule=f"the last tenth of each test curve (at least {C.MIN_CURVE_POINTS} evaluations), each model's "
                      "points resampled on their own; holds if the interval of the difference lies above 0 at every S; "
-                     "not comparable with fewer evaluations", seed=seed)
+                     "not comparable with fewer evaluations")
     at = {S: scores[scores.S == S] for S in spaces}
     wider = {S: C.arch_difference(at[S], "bn", "test", "train", C.spread, seed) for S in spaces}
     exp.claim("With BN in test mode the architectures' accuracies spread more than with BN in training mode",
@@ -244,7 +222,6 @@ def disparity_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, modes: p
               verdict=C.all_of(C.verdict(d, gate.comparable) for d in lower.values()),
               rule=_gate_rule(gate, "mean over the architectures, bootstrap over architectures; holds if the interval "
                                     "lies above 0 at every S"))
-    from . import beyond
     beyond.recalibration_claim(exp, modes, n, k, gate)
 
 
@@ -268,8 +245,6 @@ def instance_histograms(exp: Experiment, scores: pd.DataFrame) -> plt.Figure:
 
 def instance_three_modes(exp: Experiment, runs: dict, n: int, k: int) -> pd.DataFrame:
     """beyond.three_modes of NSA-i and NSA at every S of spaces_bn, column model."""
-    from . import beyond
-
     return pd.concat([beyond.three_modes(exp, {S: runs[kind, S] for S in exp.profile.spaces_bn}, n, k)[0]
                       .assign(model=LABEL[kind]) for kind in ("nsa-i", "nsa")], ignore_index=True)
 
@@ -277,27 +252,45 @@ def instance_three_modes(exp: Experiment, runs: dict, n: int, k: int) -> pd.Data
 def batch_mean_variances(exp: Experiment, runs: dict, batches: int) -> pd.DataFrame:
     """App. C: evaluate.batch_mean_variance of NSA and NSA-i at every S of spaces_bn, each
     with the sampling it trained with; columns layer, var_mean, S, model, position."""
-    P, test = exp.profile, exp.test_set()
+    r, test = exp.profile.understand, exp.test_set()
     out = []
-    for S in P.spaces_bn:
+    for S in exp.profile.spaces_bn:
         for kind in ("nsa", "nsa-i"):
-            v = evaluate.batch_mean_variance(runs[kind, S].model, test.images, P.understand.dataset,
-                                             KINDS[kind].sampling, batches=batches,
-                                             batch_size=min(P.understand.batch_size, len(test)), seed=exp.seed)
+            v = evaluate.batch_mean_variance(runs[kind, S].model, test.images, r.dataset, KINDS[kind].sampling,
+                                             batches=batches, batch_size=min(r.batch_size, len(test)), seed=exp.seed)
             out.append(v.assign(S=S, model=LABEL[kind], position=np.arange(len(v))))
     return pd.concat(out, ignore_index=True)
 
 
 def spearman_figure(exp: Experiment, scores: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
-    """The Spearman correlations between BN modes of NSA and NSA-i at every S with their
-    intervals, beside the paper's; and the table of them."""
+    """The Spearman correlations between BN modes of NSA and NSA-i at every S as grouped bars with
+    their bootstrap intervals, beside the paper's (faded, no interval); and the table of them
+    (columns S, model, value, low, high; low and high NaN for the paper's)."""
+    spaces = list(exp.profile.spaces_bn)
     rows = [dict(S=S, model=m, **vars(rank_correlation(scores, m, S, exp.seed)))
-            for S in exp.profile.spaces_bn for m in ("NSA", "NSA-i")]
-    rows += [dict(S=S, model=f"paper {m}", value=paper.SPEARMAN[S][j], low=np.nan, high=np.nan)
-             for S in exp.profile.spaces_bn if S in paper.SPEARMAN for j, m in enumerate(("NSA", "NSA-i"))]
+            for S in spaces for m in ("NSA", "NSA-i")]
+    rows += [{"S": S, "model": f"paper {m}", "value": paper.SPEARMAN[S][j], "low": np.nan, "high": np.nan}
+             for S in spaces if S in paper.SPEARMAN for j, m in enumerate(("NSA", "NSA-i"))]
     table = pd.DataFrame(rows)[["S", "model", "value", "low", "high"]]
-    n = scores.groupby(["model", "S", "bn"]).size().max()
-    return plot_spearman(table, f"rank correlation of {n} architectures, BN train vs test mode (95 % interval)"), table
+    models = list(dict.fromkeys(table.model))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for k, model in enumerate(models):
+        part = table[table.model == model].set_index("S").reindex(spaces)
+        x = np.arange(len(spaces)) + (k - (len(models) - 1) / 2) * width
+        colour = MODEL_COLOURS.get(model.removeprefix("paper "), f"C{k}")
+        ax.bar(x, part.value, width, color=colour, alpha=0.35 if model.startswith("paper") else 0.9, label=model)
+        has = np.isfinite(part.low.to_numpy()) & np.isfinite(part.high.to_numpy())
+        C.draw_intervals(ax, x[has], [C.Estimate(v, lo, hi) for v, lo, hi in
+                                      part[["value", "low", "high"]].to_numpy()[has]], ecolor="k", capsize=3, lw=1)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(spaces)), [f"S = {S}" for S in spaces])
+    ax.set_ylabel("Spearman")
+    ax.set_title(f"rank correlation of {scores.groupby(['model', 'S', 'bn']).size().max()} architectures, BN train vs "
+                 "test mode (95 % interval)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return fig, table
 
 
 def _paper_spearman(between: str) -> str:
@@ -311,7 +304,7 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
     with a column model; variance: batch_mean_variances; three: both models' three BN modes)."""
     seed, spaces = exp.seed, exp.profile.spaces_bn
     gate = exp.gate({r.label: r for r in runs.values()}, "matched")
-    at = lambda S, m: scores[(scores.S == S) & (scores.model == m)]  # noqa: E731
+    at = lambda S, m: scores[(scores.S == S) & (scores.model == m)]
 
     def rho_gain(S: int) -> C.Estimate:   # NSA-i minus NSA, the same architectures resampled for both
         (ai, bi), (an, bn) = ((w["train"].to_numpy(), w["test"].to_numpy()) for w in
@@ -357,18 +350,16 @@ def instance_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, variance:
                 what="std of the last test losses",
                 rule=f"the spread of the last tenth of each test-loss curve (at least {C.MIN_CURVE_POINTS} evaluations), "
                      "each model's points resampled on their own; holds if NSA's exceeds NSA-i's at every S (01 tests "
-                     "the accuracy curves)", seed=seed)
+                     "the accuracy curves)")
     _variance_claim(exp, variance, gate)
-    from . import beyond
     beyond.instance_recalibration_claim(exp, three, n, k, gate)
 
 
 def _variance_claim(exp: Experiment, variance: pd.DataFrame, gate: C.Gate) -> None:
     """App. C: the variance of the batch mean, NSA over NSA-i, in log ratio over BN layers."""
-    seed, spaces = exp.seed, exp.profile.spaces_bn
     log_ratio = (variance.pivot_table(index=["S", "layer"], columns="model", values="var_mean")
                  .pipe(lambda t: np.log(t["NSA"] / t["NSA-i"])))
-    lower = {S: C.mean_estimate(log_ratio.loc[S].to_numpy(), seed=seed) for S in spaces}
+    lower = {S: C.mean_estimate(log_ratio.loc[S].to_numpy(), seed=exp.seed) for S in exp.profile.spaces_bn}
     exp.claim("The variance of the batch mean is lower for NSA-i than for NSA",
               paper="NSA-i reduces var(µ), ideally by an order of magnitude (Sec. 3, App. C)",
               reproduced="mean over BN layers of log(var NSA / var NSA-i): " + C.by_S(lower),
@@ -380,10 +371,9 @@ def _variance_claim(exp: Experiment, variance: pd.DataFrame, gate: C.Gate) -> No
 # --------------------------------------------------------------------------- 03: mode collapse
 
 def ensembles(exp: Experiment, runs: dict[str, Trained], T: int) -> dict[str, dict]:
-    """For each model (NSA-i, NSA-id aggregation only): the members' test probabilities of T
-    architectures of the space in a seeded random order, and from them the ensemble curve
-    (accuracy of the first t, t = 1..T), each member's accuracy, and per test image whether
-    the ensemble of the first t is right [T, N] and the members' mean correctness [N]."""
+    """Per model, from the test probabilities of T architectures of its space in a seeded random
+    order: the ensemble curve (accuracy of the first t, t = 1..T), each member's accuracy, whether
+    the first t are right per test image ("hits" [T, N]) and the members' mean correctness [N]."""
     test = exp.test_set()
     out = {}
     for kind, run in runs.items():
@@ -392,8 +382,8 @@ def ensembles(exp: Experiment, runs: dict[str, Trained], T: int) -> dict[str, di
                                       batch=run.spec.recipe.eval_batch)
         right = (probs.argmax(2) == test.labels).double()
         hits = (probs.double().cumsum(0).argmax(2) == test.labels).double().numpy()
-        out[kind] = dict(curve=hits.mean(1), members=right.mean(1).numpy(), hits=hits,
-                         member_mean=right.mean(0).numpy())
+        out[kind] = {"curve": hits.mean(1), "members": right.mean(1).numpy(), "hits": hits,
+                     "member_mean": right.mean(0).numpy()}
     return out
 
 
@@ -411,10 +401,7 @@ def ensemble_figure(exp: Experiment, ens: dict[str, dict]) -> plt.Figure:
         ax.axhline(100 * e["members"].mean(), color=colour, ls="--", lw=1, label=f"{name}: mean single architecture")
     if T > paper.SATURATION_T:
         ax.axvline(paper.SATURATION_T, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_xticks([v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500) if v <= T])
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    _log_x(ax, [v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500) if v <= T])
     ax.set(xlabel="number of architectures ensembled T", ylabel="test accuracy (%)")
     ax.set_title(f"ensembles of architectures, {len(exp.test_set())} test images\nbands: 95 % bootstrap interval "
                  f"over test images ({C.PLOT_RESAMPLES} resamples)", fontsize=10)
@@ -437,16 +424,14 @@ def collapse_claims(exp: Experiment, runs: dict[str, Trained], ens: dict[str, di
     the gain after T = 20 the mean over every T >= 20 of accuracy(T) - accuracy(20); every
     interval over test images, paired across the models and T."""
     i, d = "nsa-i", "nsa-id-agg"
-    T = len(ens[i]["curve"])
-    S = runs[i].spec.space
-    seed = exp.seed
+    T, seed = len(ens[i]["curve"]), exp.seed
     gate = exp.gate({r.label: r for r in runs.values()}, "matched")
     gains = {k: e["hits"][-1] - e["member_mean"] for k, e in ens.items()}   # per image
     gain = {k: C.mean_estimate(g, seed=seed) for k, g in gains.items()}
     conv = all(C.converged(r.curve, seed)[0] for r in runs.values())
     exp.claim("NSA-i's ensemble gain is small (mode collapse)",
               paper=f"about {paper.ENSEMBLE_GAIN_NSA_I} (S = 500, T up to 500; Fig. 4)",
-              reproduced=f"{gain[i]} (S = {S}, T = {T})",
+              reproduced=f"{gain[i]} (S = {runs[i].spec.space}, T = {T})",
               verdict=C.below(gain[i], C.SMALL_GAIN, exp.paper_scale and conv),
               rule=f"an absolute level: comparable only at the paper's scale with converged models; there it holds if "
                    f"the interval lies below {C.SMALL_GAIN}. Training gate: {gate.text}")
@@ -525,10 +510,7 @@ def auc_figure(table: pd.DataFrame) -> plt.Figure:
     C.draw_intervals(ax, table.S, est, capsize=3, ecolor="C0")
     ax.plot(list(paper.TABLE1), [v[0] for v in paper.TABLE1.values()], "s--", label="paper (Table 1)")
     ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(set(paper.TABLE1) | set(table.S)))
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    _log_x(ax, sorted(set(paper.TABLE1) | set(table.S)))
     ax.set(xlabel="training space size S", ylabel="AUC seen vs unseen", ylim=(0, 1.05))
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
@@ -538,8 +520,7 @@ def auc_figure(table: pd.DataFrame) -> plt.Figure:
 def unseen_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, appd: pd.DataFrame) -> None:
     """04's claims on NSA-i's seen and unseen architectures at every S of spaces_unseen, and
     App. D's vanilla NSA in training mode at the S it shares with 01."""
-    P, seed = exp.profile, exp.seed
-    spaces = list(P.spaces_unseen)
+    seed, spaces = exp.seed, list(exp.profile.spaces_unseen)
     gate = exp.gate({r.label: r for (k, _), r in runs.items() if k == "nsa-i"}, "matched")
     groups = {S: _groups(scores, S) for S in spaces}
     auc = {S: C.auc_estimate(*groups[S], seed=seed) for S in spaces}
@@ -593,12 +574,11 @@ def unseen_claims(exp: Experiment, runs: dict, scores: pd.DataFrame, appd: pd.Da
 def _appd_claim(exp: Experiment, groups: dict, appd: pd.DataFrame, gate: C.Gate) -> None:
     """App. D: vanilla NSA in training mode tells seen from unseen as NSA-i does (groups: NSA-i's
     (unseen, seen) accuracies per S)."""
-    seed = exp.seed
     common = sorted(set(appd.S))
     van = {S: _groups(appd, S) for S in common}
     similar = {S: C.bootstrap(lambda a, b, c, d, S=S: metrics.auc_rows(van[S][0][a], van[S][1][b])
                               - metrics.auc_rows(groups[S][0][c], groups[S][1][d]),
-                              len(van[S][0]), len(van[S][1]), *map(len, groups[S]), seed=seed, bounds=(-1, 1))
+                              len(van[S][0]), len(van[S][1]), *map(len, groups[S]), seed=exp.seed, bounds=(-1, 1))
                for S in common}
     exp.claim("Vanilla NSA with BN in training mode tells seen from unseen architectures about as NSA-i does (App. D)",
               paper="the naive NSA models with training-mode BN would provide similar results (Sec. 4, App. D)",
@@ -624,28 +604,5 @@ def plot_variance_by_space(variance: pd.DataFrame) -> plt.Figure:
         ax.set_xlabel("BN layer (in forward order)")
         ax.set_ylabel("variance of the batch mean")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_spearman(rows: pd.DataFrame, title: str) -> plt.Figure:
-    """Grouped bars per S (rows: columns S, model, value, low, high; low/high NaN where there
-    is no interval, as for the paper's values), with the bootstrap interval as an error bar."""
-    spaces, models = list(dict.fromkeys(rows.S)), list(dict.fromkeys(rows.model))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for k, model in enumerate(models):
-        part = rows[rows.model == model].set_index("S").reindex(spaces)
-        x = np.arange(len(spaces)) + (k - (len(models) - 1) / 2) * width
-        colour = MODEL_COLOURS.get(model.removeprefix("paper "), f"C{k}")   # the paper's value: faded
-        ax.bar(x, part.value, width, color=colour, alpha=0.35 if model.startswith("paper") else 0.9, label=model)
-        has = np.isfinite(part.low.to_numpy()) & np.isfinite(part.high.to_numpy())
-        C.draw_intervals(ax, x[has], [C.Estimate(v, lo, hi) for v, lo, hi in
-                                      part[["value", "low", "high"]].to_numpy()[has]], ecolor="k", capsize=3, lw=1)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(spaces)), [f"S = {S}" for S in spaces])
-    ax.set_ylabel("Spearman")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return fig
