@@ -1,28 +1,24 @@
 """Data: loading, class-balanced subsets, and batched GPU-friendly augmentation.
 
-Every data set becomes one `Split`: all images as a uint8 tensor [N, 3, 32, 32] plus int64
-labels, held in memory. At 32x32 that is 150 MB for CIFAR-10 train, and it lets training
-index batches straight out of a tensor (on any device) instead of going through a
-DataLoader with per-image Python transforms.
+Every data set becomes one `Split` held in memory: uint8 images [N, 3, 32, 32] and int64 labels
+(150 MB for CIFAR-10 train), so training indexes batches straight out of a tensor on any device
+instead of going through a DataLoader with per-image Python transforms.
 
-Where the data come from, in order:
-  1. a local copy in ImageFolder layout: <data-dir>/<name>/<split>/<class>/*
-     (classes in alphabetical order, which is the label order of CIFAR-10/100 and SVHN;
-     the train and test splits must hold the same class folders)
-  2. fashion-mnist only: the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or
-     torchvision's <data-dir>/FashionMNIST/raw/
-  3. torchvision's files in <data-dir>, downloaded when allowed.
-Each split is decoded once into a cache, <data-dir>/<name>/.nsa-cache/<split>.pt, which
-records the listing of what it was decoded from (every file's name, size and mtime, and the
-class folders). Every load lists the source again (a stat per file, no decoding) and decodes
-again, saying why in one line, when the listing differs, so a cache is never stale. A cache
-whose source is gone altogether is used as it is. The identity of a data set, which names the
-models trained on it, is the hash of those listings: any change to the data gives other
-models. If nothing works, `DataMissing` says what to provide. "synthetic" is generated in
-memory.
+Where the data come from, in order: (1) a local copy in ImageFolder layout,
+<data-dir>/<name>/<split>/<class>/* (classes in alphabetical order, the label order of
+CIFAR-10/100 and SVHN; train and test must hold the same class folders); (2) fashion-mnist only:
+the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or torchvision's
+<data-dir>/FashionMNIST/raw/; (3) torchvision's files in <data-dir>, downloaded when allowed.
+"synthetic" is generated in memory. If nothing works, `DataMissing` says what to provide.
 
-All randomness comes from explicitly seeded torch.Generators; the global RNG is never used,
-so subsets, evaluation order and augmentation are reproducible and resumable.
+Each split is decoded once into <data-dir>/<name>/.nsa-cache/<split>.pt, which records the
+listing of its source (every file's name, size and mtime, and the class folders). Every load
+lists the source again (a stat per file, no decoding) and decodes again, saying why in one line,
+when the listing differs; a cache whose source is gone altogether is used as it is. The identity
+of a data set, which names the models trained on it, is the hash of those listings.
+
+All randomness comes from explicitly seeded torch.Generators, never the global RNG, so subsets,
+evaluation order and augmentation are reproducible and resumable.
 """
 from __future__ import annotations
 
@@ -36,6 +32,7 @@ import struct
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +45,7 @@ from .checkpoint import atomic_save, remove_stale_temporaries
 
 DATASETS = ("cifar10", "cifar100", "svhn", "fashion-mnist", "synthetic")
 SPLITS = ("train", "test")
-NUM_CLASSES: dict[str, int] = {
-    "cifar10": 10, "cifar100": 100, "svhn": 10, "fashion-mnist": 10, "synthetic": 10,
-}
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "svhn": 10, "fashion-mnist": 10, "synthetic": 10}
 # Per-channel statistics on the 0..1 scale, of each set's training split as stored here
 # (32x32x3). Fashion-MNIST's are for the zero-padded 32x32 copy. To score one set with a
 # model trained on another (OOD detection), normalise with the *training* set's name.
@@ -98,8 +93,7 @@ class DataMissing(RuntimeError):
 
 
 class DataError(ValueError):
-    """The data on disk cannot be used as it is; the message names the file or folder and what
-    to do."""
+    """The data on disk cannot be used as it is; the message names the file or folder and what to do."""
 
 
 # ----------------------------------------------------------------------------- sources
@@ -114,12 +108,10 @@ class Source:
     folder: Path
     files: dict[str, tuple[int, int]]
     classes: tuple[str, ...] = ()         # "folder": the class folders, in label order
-    digest: str = ""
 
-
-def _source(kind: str, folder: Path, files: dict[str, tuple[int, int]], classes: tuple[str, ...] = ()) -> Source:
-    h = hashlib.sha1(json.dumps([kind, list(classes), list(files.items())]).encode())
-    return Source(kind, folder, files, classes, h.hexdigest())
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps([self.kind, list(self.classes), list(self.files.items())]).encode()).hexdigest()
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -134,29 +126,19 @@ def _class_folders(folder: Path) -> list[str]:
 
 def _image_folder_source(folder: Path) -> Source:
     """The files of an ImageFolder copy in the order, and with the labels, that torchvision's
-    ImageFolder gives them (make_dataset: classes sorted, os.walk sorted, names sorted, image
-    extensions only), so the decoded split is the one ImageFolder would load."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    ImageFolder gives them (its make_dataset), so the decoded split is the one ImageFolder would load."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     classes = _class_folders(folder)
     if not classes:
         raise DataError(f"{folder} holds no images in <class>/<image> layout (no class folders)")
-    files: dict[str, tuple[int, int]] = {}
-    empty = []
-    top = len(str(folder)) + 1   # relative names by slicing: os.path.relpath per file costs more than the stat
-    for c in classes:
-        count = len(files)
-        for path, _, fnames in sorted(os.walk(os.path.join(folder, c), followlinks=True)):
-            for f in sorted(fnames):
-                if f.lower().endswith(IMG_EXTENSIONS):
-                    full = os.path.join(path, f)
-                    files[full[top:]] = _stat(full)
-        if len(files) == count:
-            empty.append(c)
+    samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, allow_empty=True)
+    empty = sorted(set(classes) - {classes[i] for _, i in samples})
     if empty:
         raise DataError(f"class folder {folder / empty[0]} has no images; put its images there or remove it "
                         f"({len(empty)} class folder(s) without images in {folder})")
-    return _source("folder", folder, files, tuple(classes))
+    top = len(str(folder)) + 1   # relative names by slicing: os.path.relpath per file costs more than the stat
+    return Source("folder", folder, {path[top:]: _stat(path) for path, _ in samples}, tuple(classes))
 
 
 def _check_classes(root: Path, name: str) -> None:
@@ -172,32 +154,24 @@ def _check_classes(root: Path, name: str) -> None:
                         f"only in test: {only(b, a)}); both splits need the same class folders")
 
 
-def _torchvision_files(name: str, split: str, root: Path) -> tuple[Path, list[str]]:
-    """The folder and the files torchvision keeps `split` of `name` in."""
-    import torchvision.datasets as tvd
-
-    if name in ("cifar10", "cifar100"):
-        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        listed = cls.train_list if split == "train" else cls.test_list
-        return root / cls.base_folder, [f for f, _ in listed] + [cls.meta["filename"]]
-    if name == "svhn":
-        return root / "svhn", [tvd.SVHN.split_list[split][1]]
-    prefix = "train" if split == "train" else "t10k"   # fashion-mnist, as torchvision's raw/ holds it
-    return root / "FashionMNIST" / "raw", [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-
-
 def _locate(name: str, split: str, root: Path) -> tuple[str, Path, list[str]] | None:
     """Which local copy `load` decodes `split` from, without reading it: (kind, folder, the
     files for "idx" and "torchvision"), or None when there is none."""
+    import torchvision.datasets as tvd
+
     folder = root / name / split
     if folder.is_dir():
         return "folder", folder, []
-    if name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
-        return "idx", idx[0].parent, [p.name for p in idx]
-    base, files = _torchvision_files(name, split, root)
-    if files and all((base / f).is_file() for f in files):
-        return "torchvision", base, files
-    return None
+    if name == "fashion-mnist":   # torchvision keeps its files in FashionMNIST/raw/, where _find_fashion_idx looks
+        idx = _find_fashion_idx(root, split)
+        return None if idx is None else ("idx", idx[0].parent, [p.name for p in idx])
+    if name == "svhn":
+        base, files = root / "svhn", [tvd.SVHN.split_list[split][1]]
+    else:
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        base = root / cls.base_folder
+        files = [f for f, _ in (cls.train_list if split == "train" else cls.test_list)] + [cls.meta["filename"]]
+    return ("torchvision", base, files) if all((base / f).is_file() for f in files) else None
 
 
 def source(name: str, split: str, data_dir: str | Path | None = None) -> Source | None:
@@ -212,7 +186,7 @@ def source(name: str, split: str, data_dir: str | Path | None = None) -> Source 
     if kind == "folder":
         _check_classes(root, name)
         return _image_folder_source(folder)
-    return _source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
+    return Source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
 
 
 def on_disk(name: str, split: str, data_dir: str | Path | None = None) -> bool:
@@ -237,8 +211,7 @@ def _changes(old: dict, new: Source) -> str:
 # ----------------------------------------------------------------------------- loading
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data folder (paths.data_dir's rule: the argument, else $NSA_DATA_DIR, else
-    <repo>/data)."""
+    """The data folder (paths.data_dir's rule: the argument, else $NSA_DATA_DIR, else <repo>/data)."""
     return paths.data_dir(data_dir)
 
 
@@ -246,18 +219,8 @@ def _cache_path(root: Path, name: str, split: str) -> Path:
     return root / name / ".nsa-cache" / f"{split}.pt"
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def load(
-    name: str,
-    split: str = "train",
-    data_dir: str | Path | None = None,
-    download: bool = True,
-    synthetic_size: int | None = None,
-    seed: int = 0,
-) -> Split:
+def load(name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = True,
+         synthetic_size: int | None = None, seed: int = 0) -> Split:
     """One split of a data set as uint8 images [N, 3, 32, 32] and int64 labels.
     `synthetic_size` and `seed` only matter for "synthetic"."""
     if name not in DATASETS:
@@ -275,7 +238,7 @@ def load(
         return Split(record["images"], record["labels"], list(record["classes"]), name)
     if src is not None and record is not None:
         why = f"stale ({_changes(record, src)})" if isinstance(record, dict) else record
-        _say(f"nsa: data cache of {name}/{split} is {why}; decoding again")
+        print(f"nsa: data cache of {name}/{split} is {why}; decoding again", file=sys.stderr, flush=True)
     if src is None:
         existed = root.exists()
         try:
@@ -285,8 +248,12 @@ def load(
                 shutil.rmtree(root, ignore_errors=True)
             raise
         src = source(name, split, root)   # the files just downloaded
+    elif src.kind == "folder":
+        out = _from_image_folder(src, name)
+    elif src.kind == "idx":
+        out = _from_idx(*(src.folder / f for f in src.files))
     else:
-        out = _decode_source(src, name, split, root)
+        out = _from_torchvision(name, split, root, download=False)
     if src is not None:
         _write_cache(cache, out, src)
     return out
@@ -315,17 +282,13 @@ def identity(name: str, data_dir: str | Path | None = None, synthetic_size: int 
     root = resolve_data_dir(data_dir)
     for split in SPLITS:
         src = source(name, split, root)
-        if src is None:
-            record = _read_cache(_cache_path(root, name, split), peek=True)
-            if not isinstance(record, dict):
-                if not download:
-                    raise DataMissing(_missing_message(name, split, root, "nothing on disk, and download=False"))
-                load(name, split, root)
-                return identity(name, root, synthetic_size, download=False)
-            digest = record["source"]
-        else:
-            digest = src.digest
-        h.update(f"{split}:{digest}".encode())
+        record = _read_cache(_cache_path(root, name, split), peek=True) if src is None else None
+        if src is None and not isinstance(record, dict):
+            if not download:
+                raise DataMissing(_missing_message(name, split, root, "nothing on disk, and download=False"))
+            load(name, split, root)
+            return identity(name, root, synthetic_size, download=False)
+        h.update(f"{split}:{src.digest if src is not None else record['source']}".encode())
     return h.hexdigest()[:12]
 
 
@@ -359,23 +322,13 @@ def _write_cache(path: Path, data: Split, src: Source) -> None:
                      "listed_classes": src.classes}, path)
         path.with_suffix(".fingerprint").unlink(missing_ok=True)   # the identity record of version 1 caches
     except OSError as e:
-        warnings.warn(f"could not write data cache {path} ({e}); loads will decode again",
-                      stacklevel=3)
-
-
-def _decode_source(src: Source, name: str, split: str, root: Path) -> Split:
-    if src.kind == "folder":
-        return _from_image_folder(src, name)
-    if src.kind == "idx":
-        images, labels = (src.folder / f for f in src.files)
-        return _from_idx(images, labels)
-    return _from_torchvision(name, split, root, download=False)
+        warnings.warn(f"could not write data cache {path} ({e}); loads will decode again", stacklevel=3)
 
 
 def _from_image_folder(src: Source, name: str) -> Split:
     if len(src.classes) != NUM_CLASSES[name]:
         warnings.warn(f"{src.folder} has {len(src.classes)} class folders, {name} has "
-                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=4)
+                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=3)
     label = {c: i for i, c in enumerate(src.classes)}
     images = torch.empty(len(src.files), 3, 32, 32, dtype=torch.uint8)
     labels = torch.empty(len(src.files), dtype=torch.int64)
@@ -495,8 +448,7 @@ def synthetic(split: str = "train", size: int | None = None, seed: int = 0,
     coarse = torch.rand(num_classes, 3, 5, 5, generator=g_pat)
     patterns = F.interpolate(coarse, size=(40, 40), mode="bicubic", align_corners=False)
 
-    labels = torch.randperm(n, generator=g) % num_classes  # balanced up to n % classes
-    labels = labels.to(torch.int64)
+    labels = torch.randperm(n, generator=g) % num_classes  # int64, balanced up to n % classes
     dy, dx = torch.randint(0, 9, (2, n), generator=g)
     rows = dy[:, None] + torch.arange(32)
     cols = dx[:, None] + torch.arange(32)
