@@ -141,19 +141,6 @@ def _image_folder_source(folder: Path) -> Source:
     return Source("folder", folder, {path[top:]: _stat(path) for path, _ in samples}, tuple(classes))
 
 
-def _check_classes(root: Path, name: str) -> None:
-    """The train and test copies of an ImageFolder data set must name the same classes, or a
-    label means one class in training and another in testing."""
-    train, test = root / name / "train", root / name / "test"
-    if not (train.is_dir() and test.is_dir()):
-        return
-    a, b = set(_class_folders(train)), set(_class_folders(test))
-    if a != b:
-        only = lambda s, t: ", ".join(sorted(s - t)[:5]) or "none"  # noqa: E731
-        raise DataError(f"the class folders of {train} and {test} differ (only in train: {only(a, b)}; "
-                        f"only in test: {only(b, a)}); both splits need the same class folders")
-
-
 def _locate(name: str, split: str, root: Path) -> tuple[str, Path, list[str]] | None:
     """Which local copy `load` decodes `split` from, without reading it: (kind, folder, the
     files for "idx" and "torchvision"), or None when there is none."""
@@ -162,16 +149,17 @@ def _locate(name: str, split: str, root: Path) -> tuple[str, Path, list[str]] | 
     folder = root / name / split
     if folder.is_dir():
         return "folder", folder, []
-    if name == "fashion-mnist":   # torchvision keeps its files in FashionMNIST/raw/, where _find_fashion_idx looks
-        idx = _find_fashion_idx(root, split)
-        return None if idx is None else ("idx", idx[0].parent, [p.name for p in idx])
-    if name == "svhn":
-        base, files = root / "svhn", [tvd.SVHN.split_list[split][1]]
+    if name == "fashion-mnist":   # the IDX files, .gz or not; torchvision keeps them in FashionMNIST/raw/
+        p = "t10k" if split == "test" else "train"
+        found = [("idx", base, [f"{p}-images-idx3-ubyte{ext}", f"{p}-labels-idx1-ubyte{ext}"])
+                 for base in (root / "fashion-mnist", root / "FashionMNIST" / "raw") for ext in ("", ".gz")]
+    elif name == "svhn":
+        found = [("torchvision", root / "svhn", [tvd.SVHN.split_list[split][1]])]
     else:
         cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        base = root / cls.base_folder
-        files = [f for f, _ in (cls.train_list if split == "train" else cls.test_list)] + [cls.meta["filename"]]
-    return ("torchvision", base, files) if all((base / f).is_file() for f in files) else None
+        listed = cls.train_list if split == "train" else cls.test_list
+        found = [("torchvision", root / cls.base_folder, [f for f, _ in listed] + [cls.meta["filename"]])]
+    return next(((kind, base, files) for kind, base, files in found if all((base / f).is_file() for f in files)), None)
 
 
 def source(name: str, split: str, data_dir: str | Path | None = None) -> Source | None:
@@ -183,10 +171,15 @@ def source(name: str, split: str, data_dir: str | Path | None = None) -> Source 
     if found is None:
         return None
     kind, folder, files = found
-    if kind == "folder":
-        _check_classes(root, name)
-        return _image_folder_source(folder)
-    return Source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
+    if kind != "folder":
+        return Source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
+    # the two splits must name the same classes, or a label means one class in training and another in testing
+    train, test = root / name / "train", root / name / "test"
+    if train.is_dir() and test.is_dir() and (a := set(_class_folders(train))) != (b := set(_class_folders(test))):
+        only = lambda s, t: ", ".join(sorted(s - t)[:5]) or "none"  # noqa: E731
+        raise DataError(f"the class folders of {train} and {test} differ (only in train: {only(a, b)}; "
+                        f"only in test: {only(b, a)}); both splits need the same class folders")
+    return _image_folder_source(folder)
 
 
 def on_disk(name: str, split: str, data_dir: str | Path | None = None) -> bool:
@@ -199,10 +192,11 @@ def on_disk(name: str, split: str, data_dir: str | Path | None = None) -> bool:
 def _changes(old: dict, new: Source) -> str:
     """How a listing changed, in a few words: '3 files changed, 10 added, 10 removed'."""
     before, after = old.get("files", {}), new.files
-    changed = sum(1 for f in before.keys() & after.keys() if tuple(before[f]) != tuple(after[f]))
+    changed = sum(tuple(before[f]) != tuple(after[f]) for f in before.keys() & after.keys())
     counts = [(n, what) for n, what in ((changed, "changed"), (len(after.keys() - before.keys()), "added"),
                                         (len(before.keys() - after.keys()), "removed")) if n]
-    parts = [f"{n} file{'s' if n != 1 else ''} {what}" if i == 0 else f"{n} {what}" for i, (n, what) in enumerate(counts)]
+    parts = [f"{n} file{'s' if n != 1 else ''} {what}" if i == 0 else f"{n} {what}"
+             for i, (n, what) in enumerate(counts)]
     if tuple(old.get("listed_classes", ())) != new.classes:
         parts.append("class folders changed")
     return ", ".join(parts) or "its source changed"
@@ -362,17 +356,6 @@ def _to_32x32_rgb(img: torch.Tensor, what: str = "") -> torch.Tensor:
     return img.contiguous()
 
 
-def _find_fashion_idx(root: Path, split: str) -> tuple[Path, Path] | None:
-    prefix = "t10k" if split == "test" else "train"
-    for base in (root / "fashion-mnist", root / "FashionMNIST" / "raw"):
-        for ext in ("", ".gz"):
-            images = base / f"{prefix}-images-idx3-ubyte{ext}"
-            labels = base / f"{prefix}-labels-idx1-ubyte{ext}"
-            if images.is_file() and labels.is_file():
-                return images, labels
-    return None
-
-
 def _read_idx(path: Path) -> torch.Tensor:
     """An IDX file (the MNIST format) of unsigned bytes, gzipped or not."""
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -416,7 +399,7 @@ def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Spli
             ds = tvd.SVHN(str(root / "svhn"), split=split, download=download)
             images, labels = torch.from_numpy(ds.data), ds.labels
             classes = [str(i) for i in range(10)]
-        else:  # fashion-mnist: torchvision stores the IDX files where _find_fashion_idx looks
+        else:  # fashion-mnist: torchvision stores the IDX files where _locate looks
             ds = tvd.FashionMNIST(str(root), train=train, download=download)
             images, labels, classes = ds.data.unsqueeze(1), ds.targets, list(ds.classes)
     # Offline downloads fail with URLError/OSError deep in urllib, and torchvision reports
@@ -430,8 +413,7 @@ def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Spli
 
 # ----------------------------------------------------------------------------- synthetic
 
-def synthetic(split: str = "train", size: int | None = None, seed: int = 0,
-              num_classes: int = 10) -> Split:
+def synthetic(split: str = "train", size: int | None = None, seed: int = 0, num_classes: int = 10) -> Split:
     """A learnable stand-in for CIFAR that needs no files: each class is a smooth random
     colour pattern; each image is its class pattern at a random shift, with random contrast
     and pixel noise, so no single pixel gives the class away but a small CNN learns it fast.
@@ -480,8 +462,7 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
     return torch.cat(picked).sort().values
 
 
-def labelled_split(labels: torch.Tensor, n_labelled: int = 4000,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_split(labels: torch.Tensor, n_labelled: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(labelled, unlabelled) sorted indices for semi-supervised learning (notebook 08): as in
     the authors' script, `n_labelled` images drawn at random with a fixed seed (not balanced
     by class), every other image unlabelled."""
