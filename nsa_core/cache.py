@@ -59,8 +59,7 @@ def model_lock(folder: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             waited = False
         except BlockingIOError:
-            tqdm.write(f"nsa: another process is training {folder.name}; waiting for it ({folder})",
-                       file=sys.stderr)
+            tqdm.write(f"nsa: another process is training {folder.name}; waiting for it ({folder})", file=sys.stderr)
             fcntl.flock(handle, fcntl.LOCK_EX)
             waited = True
         try:

@@ -233,21 +233,19 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None, do
     if src is not None and record is not None:
         why = f"stale ({_changes(record, src)})" if isinstance(record, dict) else record
         print(f"nsa: data cache of {name}/{split} is {why}; decoding again", file=sys.stderr, flush=True)
-    if src is None:
+    if src is None or src.kind == "torchvision":   # torchvision's files, downloaded when there are none
         existed = root.exists()
         try:
-            out = _from_torchvision(name, split, root, download)
+            out = _from_torchvision(name, split, root, download and src is None)
         except DataMissing:
             if not existed:   # a mistyped --data-dir must not be left behind as an empty folder
                 shutil.rmtree(root, ignore_errors=True)
             raise
-        src = source(name, split, root)   # the files just downloaded
+        src = source(name, split, root)   # the files read, or just downloaded
     elif src.kind == "folder":
         out = _from_image_folder(src, name)
-    elif src.kind == "idx":
-        out = _from_idx(*(src.folder / f for f in src.files))
     else:
-        out = _from_torchvision(name, split, root, download=False)
+        out = _from_idx(*(src.folder / f for f in src.files))
     if src is not None:
         _write_cache(cache, out, src)
     return out
@@ -504,10 +502,9 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
 def augment(x: torch.Tensor, generator: torch.Generator, cutout: int = 16, pad: int = 4,
             flip: bool = True) -> torch.Tensor:
     """The paper's augmentation for a whole batch [B, C, H, W] (uint8 or float), same dtype out:
-    random crop with `pad` zero pixels a side, horizontal flip with p = 1/2, and Cutout of a
-    `cutout`-pixel square whose centre is uniform over the image, clipped at the borders
-    (DeVries & Taylor 2017). All randomness is drawn from `generator`, which must live on
-    x.device, so training is reproducible and resumable. 0 turns off cutout or pad."""
+    random crop with `pad` zero pixels a side, horizontal flip with p = 1/2, then `cut_out` of
+    `cutout` pixels. All randomness is drawn from `generator`, which must live on x.device, so
+    training is reproducible and resumable. 0 turns off cutout or pad."""
     b, c, h, w = x.shape
     dev = x.device
     # Crop and flip are one gather: output pixel (i, j) reads padded pixel
