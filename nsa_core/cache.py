@@ -138,8 +138,7 @@ def obtain(spec: ModelSpec, root: Path | str | None = None, data_dir=None, devic
     `signals`: how the trainer answers signals (train.StopSignals; default SIGINT and SIGTERM
     stop it); `settings`: how this machine runs the network (runtime.Settings)."""
     dev = runtime.device(device)   # a device that does not exist is the user's error, never a retrain
-    r = spec.recipe
-    identity = D.identity(r.dataset, data_dir, r.synthetic_size)
+    identity = D.identity(spec.recipe.dataset, data_dir, spec.recipe.synthetic_size)
     folder = folder_of(spec, root, identity)
     with model_lock(folder) as waited:
         try:
