@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-_NAME = re.compile(r"PGD(\d+(?:\.\d+)?)-(\d+)-(\d+(?:\.\d+)?)")
-
 
 @dataclass(frozen=True)
 class PGD:
@@ -30,7 +28,7 @@ class PGD:
     @classmethod
     def from_name(cls, name: str) -> PGD:
         """The paper's PGDa-b-c: budget a/255, b steps, step size c/255 ("PGD2-3-1")."""
-        m = _NAME.fullmatch(name.strip())
+        m = re.fullmatch(r"PGD(\d+(?:\.\d+)?)-(\d+)-(\d+(?:\.\d+)?)", name.strip())
         if m is None:
             raise ValueError(f"bad attack name {name!r}: expected 'PGDa-b-c' with budget a/255, "
                              f"b steps and step size c/255, e.g. 'PGD2-3-1'")

@@ -6,21 +6,20 @@ A folder is named by the spec's key and the identity of the data it was trained 
 model trained on one copy of a data set is never served for another. A model is finished
 when its manifest.json exists: written last, it holds the spec, the data's identity and a
 checksum of every file of the model. `status` is the one check of a finished model, made by
-every load and by every listing (`models`, `train-all`): the manifest, the checksums, the
-spec and the data, then that model.pt holds the spec and only finite weights and that the
-history can be read. A damaged model is named in one line and trained again; so is a
-folder whose model files lost their manifest. An error that is not damage (a device that
-does not exist, a folder that cannot be written) is the user's, in one line, and never
-starts a retrain.
+every load and every listing (`models`, `train-all`): manifest, checksums, spec and data,
+then that model.pt holds the spec and only finite weights and that the history can be read.
+A damaged model, or model files that lost their manifest, is named in one line and trained
+again. An error that is not damage (a device that does not exist, a folder that cannot be
+written) is the user's, in one line, and never starts a retrain.
 """
 from __future__ import annotations
 
 import fcntl
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import torch
@@ -60,8 +59,7 @@ def model_lock(folder: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             waited = False
         except BlockingIOError:
-            tqdm.write(f"nsa: another process is training {folder.name}; waiting for it ({folder})",
-                       file=sys.stderr)
+            tqdm.write(f"nsa: another process is training {folder.name}; waiting for it ({folder})", file=sys.stderr)
             fcntl.flock(handle, fcntl.LOCK_EX)
             waited = True
         try:
@@ -89,8 +87,7 @@ def _finished(folder: Path, spec: ModelSpec, data_identity: str) -> tuple[WiredN
                 not any((folder / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
             raise Damaged(f"{folder / MANIFEST} is missing")
         return None
-    problem = damage(folder, spec, data_identity)
-    if problem is not None:
+    if (problem := damage(folder, spec, data_identity)) is not None:
         raise Damaged(problem)
     try:   # unpickling fails in many ways
         state = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
@@ -99,8 +96,7 @@ def _finished(folder: Path, spec: ModelSpec, data_identity: str) -> tuple[WiredN
         raise Damaged(f"{folder / 'model.pt'} cannot be read ({_first_line(e)})") from None
     if state.get("spec") != spec.to_json():
         raise Damaged(f"{folder / 'model.pt'} holds another spec")
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
+    if bad := [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise Damaged(f"{folder / 'model.pt'} holds non-finite values in {bad[0]}")
     if not classes:
         raise Damaged(f"{folder / 'model.pt'} names no classes")
@@ -128,12 +124,6 @@ def status(folder: Path, spec: ModelSpec, data_identity: str) -> tuple[str, str]
         return DAMAGED, str(e)
 
 
-def _discard(folder: Path, problem: str) -> None:
-    tqdm.write(f"nsa: cached model {folder.name} is damaged: {problem}; training it again", file=sys.stderr)
-    for name in (MANIFEST, *MODEL_FILES):
-        (folder / name).unlink(missing_ok=True)
-
-
 @dataclass
 class Obtained:
     model: WiredNet
@@ -148,14 +138,15 @@ def obtain(spec: ModelSpec, root: Path | str | None = None, data_dir=None, devic
     `signals`: how the trainer answers signals (train.StopSignals; default SIGINT and SIGTERM
     stop it); `settings`: how this machine runs the network (runtime.Settings)."""
     dev = runtime.device(device)   # a device that does not exist is the user's error, never a retrain
-    r = spec.recipe
-    identity = D.identity(r.dataset, data_dir, r.synthetic_size)
+    identity = D.identity(spec.recipe.dataset, data_dir, spec.recipe.synthetic_size)
     folder = folder_of(spec, root, identity)
     with model_lock(folder) as waited:
         try:
             found = _finished(folder, spec, identity)
         except Damaged as e:
-            _discard(folder, str(e))
+            tqdm.write(f"nsa: cached model {folder.name} is damaged: {e}; training it again", file=sys.stderr)
+            for name in (MANIFEST, *MODEL_FILES):
+                (folder / name).unlink(missing_ok=True)
             found = None
         if found is not None:
             model, hist = found
@@ -165,8 +156,8 @@ def obtain(spec: ModelSpec, root: Path | str | None = None, data_dir=None, devic
         return Obtained(model, hist, "trained", folder)
 
 
-def get_or_train(spec: ModelSpec, root: Path | str | None = None, data_dir=None, device=None,
-                 progress: bool = True, settings: runtime.Settings = runtime.Settings()) -> tuple[WiredNet, pd.DataFrame]:
+def get_or_train(spec: ModelSpec, root: Path | str | None = None, data_dir=None, device=None, progress: bool = True,
+                 settings: runtime.Settings = runtime.Settings()) -> tuple[WiredNet, pd.DataFrame]:
     """Load a finished model, resume an unfinished one, or train a missing one."""
     got = obtain(spec, root, data_dir, device, progress, settings=settings)
     return got.model, got.history

@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import random
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
 
 MANIFEST = "manifest.json"
 MODEL_FILES = ("model.pt", "history.csv", "curve.csv", "spec.json")
@@ -37,15 +37,12 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except RuntimeError as e:
+    except BaseException as e:   # a failed save (disk full, unpicklable, a signal) leaves no temp file
         tmp.unlink(missing_ok=True)
         # torch's writer reports a failed write (a full disk) as "[enforce fail at
         # inline_container.cc] unexpected pos": the OSError it was handling says what happened
-        if isinstance(e.__context__, OSError):
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
             raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from None
-        raise
-    except BaseException:   # a failed save (disk full, unpicklable, a signal) leaves no temp file
-        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -60,10 +57,8 @@ def rotate(folder: Path, state: dict) -> None:
     first under its final name's temporary, so a crash at any point leaves at least one
     whole checkpoint; the rename of an absent file (another writer got there) is no error."""
     cur, prev = folder / "checkpoint.pt", folder / "checkpoint.prev.pt"
-    try:
+    with suppress(FileNotFoundError):
         os.replace(cur, prev)
-    except FileNotFoundError:
-        pass
     atomic_save(state, cur)
 
 
@@ -78,8 +73,7 @@ def load_checkpoint(path: Path, spec: Any) -> dict:
         raise CheckpointError(f"checkpoint {path} is not an nsa_core checkpoint")
     if state["spec"] != spec.to_json():
         raise CheckpointError(f"checkpoint {path} was written for another spec")
-    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
+    if bad := [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise CheckpointError(f"checkpoint {path} holds non-finite values in {bad[0]}")
     return state
 
@@ -103,11 +97,8 @@ def set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
 # ------------------------------------------------------------ finished models
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_manifest(folder: Path, spec: Any, data_identity: str) -> None:

@@ -1,28 +1,24 @@
 """Data: loading, class-balanced subsets, and batched GPU-friendly augmentation.
 
-Every data set becomes one `Split`: all images as a uint8 tensor [N, 3, 32, 32] plus int64
-labels, held in memory. At 32x32 that is 150 MB for CIFAR-10 train, and it lets training
-index batches straight out of a tensor (on any device) instead of going through a
-DataLoader with per-image Python transforms.
+Every data set becomes one `Split` held in memory: uint8 images [N, 3, 32, 32] and int64 labels
+(150 MB for CIFAR-10 train), so training indexes batches straight out of a tensor on any device
+instead of going through a DataLoader with per-image Python transforms.
 
-Where the data come from, in order:
-  1. a local copy in ImageFolder layout: <data-dir>/<name>/<split>/<class>/*
-     (classes in alphabetical order, which is the label order of CIFAR-10/100 and SVHN;
-     the train and test splits must hold the same class folders)
-  2. fashion-mnist only: the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or
-     torchvision's <data-dir>/FashionMNIST/raw/
-  3. torchvision's files in <data-dir>, downloaded when allowed.
-Each split is decoded once into a cache, <data-dir>/<name>/.nsa-cache/<split>.pt, which
-records the listing of what it was decoded from (every file's name, size and mtime, and the
-class folders). Every load lists the source again (a stat per file, no decoding) and decodes
-again, saying why in one line, when the listing differs, so a cache is never stale. A cache
-whose source is gone altogether is used as it is. The identity of a data set, which names the
-models trained on it, is the hash of those listings: any change to the data gives other
-models. If nothing works, `DataMissing` says what to provide. "synthetic" is generated in
-memory.
+Where the data come from, in order: (1) a local copy in ImageFolder layout,
+<data-dir>/<name>/<split>/<class>/* (classes in alphabetical order, the label order of
+CIFAR-10/100 and SVHN; train and test must hold the same class folders); (2) fashion-mnist only:
+the IDX files (.gz or not) in <data-dir>/fashion-mnist/ or torchvision's
+<data-dir>/FashionMNIST/raw/; (3) torchvision's files in <data-dir>, downloaded when allowed.
+"synthetic" is generated in memory. If nothing works, `DataMissing` says what to provide.
 
-All randomness comes from explicitly seeded torch.Generators; the global RNG is never used,
-so subsets, evaluation order and augmentation are reproducible and resumable.
+Each split is decoded once into <data-dir>/<name>/.nsa-cache/<split>.pt, which records the
+listing of its source (every file's name, size and mtime, and the class folders). Every load
+lists the source again (a stat per file, no decoding) and decodes again, saying why in one line,
+when the listing differs; a cache whose source is gone altogether is used as it is. The identity
+of a data set, which names the models trained on it, is the hash of those listings.
+
+All randomness comes from explicitly seeded torch.Generators, never the global RNG, so subsets,
+evaluation order and augmentation are reproducible and resumable.
 """
 from __future__ import annotations
 
@@ -36,6 +32,7 @@ import struct
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +45,7 @@ from .checkpoint import atomic_save, remove_stale_temporaries
 
 DATASETS = ("cifar10", "cifar100", "svhn", "fashion-mnist", "synthetic")
 SPLITS = ("train", "test")
-NUM_CLASSES: dict[str, int] = {
-    "cifar10": 10, "cifar100": 100, "svhn": 10, "fashion-mnist": 10, "synthetic": 10,
-}
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "svhn": 10, "fashion-mnist": 10, "synthetic": 10}
 # Per-channel statistics on the 0..1 scale, of each set's training split as stored here
 # (32x32x3). Fashion-MNIST's are for the zero-padded 32x32 copy. To score one set with a
 # model trained on another (OOD detection), normalise with the *training* set's name.
@@ -98,8 +93,7 @@ class DataMissing(RuntimeError):
 
 
 class DataError(ValueError):
-    """The data on disk cannot be used as it is; the message names the file or folder and what
-    to do."""
+    """The data on disk cannot be used as it is; the message names the file or folder and what to do."""
 
 
 # ----------------------------------------------------------------------------- sources
@@ -114,12 +108,10 @@ class Source:
     folder: Path
     files: dict[str, tuple[int, int]]
     classes: tuple[str, ...] = ()         # "folder": the class folders, in label order
-    digest: str = ""
 
-
-def _source(kind: str, folder: Path, files: dict[str, tuple[int, int]], classes: tuple[str, ...] = ()) -> Source:
-    h = hashlib.sha1(json.dumps([kind, list(classes), list(files.items())]).encode())
-    return Source(kind, folder, files, classes, h.hexdigest())
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps([self.kind, list(self.classes), list(self.files.items())]).encode()).hexdigest()
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -134,70 +126,40 @@ def _class_folders(folder: Path) -> list[str]:
 
 def _image_folder_source(folder: Path) -> Source:
     """The files of an ImageFolder copy in the order, and with the labels, that torchvision's
-    ImageFolder gives them (make_dataset: classes sorted, os.walk sorted, names sorted, image
-    extensions only), so the decoded split is the one ImageFolder would load."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    ImageFolder gives them (its make_dataset), so the decoded split is the one ImageFolder would load."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     classes = _class_folders(folder)
     if not classes:
         raise DataError(f"{folder} holds no images in <class>/<image> layout (no class folders)")
-    files: dict[str, tuple[int, int]] = {}
-    empty = []
-    top = len(str(folder)) + 1   # relative names by slicing: os.path.relpath per file costs more than the stat
-    for c in classes:
-        count = len(files)
-        for path, _, fnames in sorted(os.walk(os.path.join(folder, c), followlinks=True)):
-            for f in sorted(fnames):
-                if f.lower().endswith(IMG_EXTENSIONS):
-                    full = os.path.join(path, f)
-                    files[full[top:]] = _stat(full)
-        if len(files) == count:
-            empty.append(c)
+    samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, allow_empty=True)
+    empty = sorted(set(classes) - {classes[i] for _, i in samples})
     if empty:
         raise DataError(f"class folder {folder / empty[0]} has no images; put its images there or remove it "
                         f"({len(empty)} class folder(s) without images in {folder})")
-    return _source("folder", folder, files, tuple(classes))
-
-
-def _check_classes(root: Path, name: str) -> None:
-    """The train and test copies of an ImageFolder data set must name the same classes, or a
-    label means one class in training and another in testing."""
-    train, test = root / name / "train", root / name / "test"
-    if not (train.is_dir() and test.is_dir()):
-        return
-    a, b = set(_class_folders(train)), set(_class_folders(test))
-    if a != b:
-        only = lambda s, t: ", ".join(sorted(s - t)[:5]) or "none"  # noqa: E731
-        raise DataError(f"the class folders of {train} and {test} differ (only in train: {only(a, b)}; "
-                        f"only in test: {only(b, a)}); both splits need the same class folders")
-
-
-def _torchvision_files(name: str, split: str, root: Path) -> tuple[Path, list[str]]:
-    """The folder and the files torchvision keeps `split` of `name` in."""
-    import torchvision.datasets as tvd
-
-    if name in ("cifar10", "cifar100"):
-        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        listed = cls.train_list if split == "train" else cls.test_list
-        return root / cls.base_folder, [f for f, _ in listed] + [cls.meta["filename"]]
-    if name == "svhn":
-        return root / "svhn", [tvd.SVHN.split_list[split][1]]
-    prefix = "train" if split == "train" else "t10k"   # fashion-mnist, as torchvision's raw/ holds it
-    return root / "FashionMNIST" / "raw", [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    top = len(str(folder)) + 1   # relative names by slicing: os.path.relpath per file costs more than the stat
+    return Source("folder", folder, {path[top:]: _stat(path) for path, _ in samples}, tuple(classes))
 
 
 def _locate(name: str, split: str, root: Path) -> tuple[str, Path, list[str]] | None:
     """Which local copy `load` decodes `split` from, without reading it: (kind, folder, the
     files for "idx" and "torchvision"), or None when there is none."""
+    import torchvision.datasets as tvd
+
     folder = root / name / split
     if folder.is_dir():
         return "folder", folder, []
-    if name == "fashion-mnist" and (idx := _find_fashion_idx(root, split)) is not None:
-        return "idx", idx[0].parent, [p.name for p in idx]
-    base, files = _torchvision_files(name, split, root)
-    if files and all((base / f).is_file() for f in files):
-        return "torchvision", base, files
-    return None
+    if name == "fashion-mnist":   # the IDX files, .gz or not; torchvision keeps them in FashionMNIST/raw/
+        p = "t10k" if split == "test" else "train"
+        found = [("idx", base, [f"{p}-images-idx3-ubyte{ext}", f"{p}-labels-idx1-ubyte{ext}"])
+                 for base in (root / "fashion-mnist", root / "FashionMNIST" / "raw") for ext in ("", ".gz")]
+    elif name == "svhn":
+        found = [("torchvision", root / "svhn", [tvd.SVHN.split_list[split][1]])]
+    else:
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        listed = cls.train_list if split == "train" else cls.test_list
+        found = [("torchvision", root / cls.base_folder, [f for f, _ in listed] + [cls.meta["filename"]])]
+    return next(((kind, base, files) for kind, base, files in found if all((base / f).is_file() for f in files)), None)
 
 
 def source(name: str, split: str, data_dir: str | Path | None = None) -> Source | None:
@@ -209,10 +171,15 @@ def source(name: str, split: str, data_dir: str | Path | None = None) -> Source 
     if found is None:
         return None
     kind, folder, files = found
-    if kind == "folder":
-        _check_classes(root, name)
-        return _image_folder_source(folder)
-    return _source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
+    if kind != "folder":
+        return Source(kind, folder, {f: _stat(os.path.join(folder, f)) for f in files})
+    # the two splits must name the same classes, or a label means one class in training and another in testing
+    train, test = root / name / "train", root / name / "test"
+    if train.is_dir() and test.is_dir() and (a := set(_class_folders(train))) != (b := set(_class_folders(test))):
+        only = lambda s, t: ", ".join(sorted(s - t)[:5]) or "none"  # noqa: E731
+        raise DataError(f"the class folders of {train} and {test} differ (only in train: {only(a, b)}; "
+                        f"only in test: {only(b, a)}); both splits need the same class folders")
+    return _image_folder_source(folder)
 
 
 def on_disk(name: str, split: str, data_dir: str | Path | None = None) -> bool:
@@ -225,10 +192,11 @@ def on_disk(name: str, split: str, data_dir: str | Path | None = None) -> bool:
 def _changes(old: dict, new: Source) -> str:
     """How a listing changed, in a few words: '3 files changed, 10 added, 10 removed'."""
     before, after = old.get("files", {}), new.files
-    changed = sum(1 for f in before.keys() & after.keys() if tuple(before[f]) != tuple(after[f]))
+    changed = sum(tuple(before[f]) != tuple(after[f]) for f in before.keys() & after.keys())
     counts = [(n, what) for n, what in ((changed, "changed"), (len(after.keys() - before.keys()), "added"),
                                         (len(before.keys() - after.keys()), "removed")) if n]
-    parts = [f"{n} file{'s' if n != 1 else ''} {what}" if i == 0 else f"{n} {what}" for i, (n, what) in enumerate(counts)]
+    parts = [f"{n} file{'s' if n != 1 else ''} {what}" if i == 0 else f"{n} {what}"
+             for i, (n, what) in enumerate(counts)]
     if tuple(old.get("listed_classes", ())) != new.classes:
         parts.append("class folders changed")
     return ", ".join(parts) or "its source changed"
@@ -237,8 +205,7 @@ def _changes(old: dict, new: Source) -> str:
 # ----------------------------------------------------------------------------- loading
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data folder (paths.data_dir's rule: the argument, else $NSA_DATA_DIR, else
-    <repo>/data)."""
+    """The data folder (paths.data_dir's rule: the argument, else $NSA_DATA_DIR, else <repo>/data)."""
     return paths.data_dir(data_dir)
 
 
@@ -246,18 +213,8 @@ def _cache_path(root: Path, name: str, split: str) -> Path:
     return root / name / ".nsa-cache" / f"{split}.pt"
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def load(
-    name: str,
-    split: str = "train",
-    data_dir: str | Path | None = None,
-    download: bool = True,
-    synthetic_size: int | None = None,
-    seed: int = 0,
-) -> Split:
+def load(name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = True,
+         synthetic_size: int | None = None, seed: int = 0) -> Split:
     """One split of a data set as uint8 images [N, 3, 32, 32] and int64 labels.
     `synthetic_size` and `seed` only matter for "synthetic"."""
     if name not in DATASETS:
@@ -275,18 +232,20 @@ def load(
         return Split(record["images"], record["labels"], list(record["classes"]), name)
     if src is not None and record is not None:
         why = f"stale ({_changes(record, src)})" if isinstance(record, dict) else record
-        _say(f"nsa: data cache of {name}/{split} is {why}; decoding again")
-    if src is None:
+        print(f"nsa: data cache of {name}/{split} is {why}; decoding again", file=sys.stderr, flush=True)
+    if src is None or src.kind == "torchvision":   # torchvision's files, downloaded when there are none
         existed = root.exists()
         try:
-            out = _from_torchvision(name, split, root, download)
+            out = _from_torchvision(name, split, root, download and src is None)
         except DataMissing:
             if not existed:   # a mistyped --data-dir must not be left behind as an empty folder
                 shutil.rmtree(root, ignore_errors=True)
             raise
-        src = source(name, split, root)   # the files just downloaded
+        src = source(name, split, root)   # the files read, or just downloaded
+    elif src.kind == "folder":
+        out = _from_image_folder(src, name)
     else:
-        out = _decode_source(src, name, split, root)
+        out = _from_idx(*(src.folder / f for f in src.files))
     if src is not None:
         _write_cache(cache, out, src)
     return out
@@ -309,23 +268,18 @@ def identity(name: str, data_dir: str | Path | None = None, synthetic_size: int 
     h = hashlib.sha1()
     if name == "synthetic":
         for split in SPLITS:
-            h.update(load(name, split, data_dir, synthetic_size=synthetic_size if split == "train" else None)
-                     .fingerprint().encode())
+            h.update(synthetic(split, synthetic_size if split == "train" else None).fingerprint().encode())
         return h.hexdigest()[:12]
     root = resolve_data_dir(data_dir)
     for split in SPLITS:
         src = source(name, split, root)
-        if src is None:
-            record = _read_cache(_cache_path(root, name, split), peek=True)
-            if not isinstance(record, dict):
-                if not download:
-                    raise DataMissing(_missing_message(name, split, root, "nothing on disk, and download=False"))
-                load(name, split, root)
-                return identity(name, root, synthetic_size, download=False)
-            digest = record["source"]
-        else:
-            digest = src.digest
-        h.update(f"{split}:{digest}".encode())
+        record = _read_cache(_cache_path(root, name, split), peek=True) if src is None else None
+        if src is None and not isinstance(record, dict):
+            if not download:
+                raise DataMissing(_missing_message(name, split, root, "nothing on disk, and download=False"))
+            load(name, split, root)
+            return identity(name, root, synthetic_size, download=False)
+        h.update(f"{split}:{src.digest if src is not None else record['source']}".encode())
     return h.hexdigest()[:12]
 
 
@@ -359,23 +313,13 @@ def _write_cache(path: Path, data: Split, src: Source) -> None:
                      "listed_classes": src.classes}, path)
         path.with_suffix(".fingerprint").unlink(missing_ok=True)   # the identity record of version 1 caches
     except OSError as e:
-        warnings.warn(f"could not write data cache {path} ({e}); loads will decode again",
-                      stacklevel=3)
-
-
-def _decode_source(src: Source, name: str, split: str, root: Path) -> Split:
-    if src.kind == "folder":
-        return _from_image_folder(src, name)
-    if src.kind == "idx":
-        images, labels = (src.folder / f for f in src.files)
-        return _from_idx(images, labels)
-    return _from_torchvision(name, split, root, download=False)
+        warnings.warn(f"could not write data cache {path} ({e}); loads will decode again", stacklevel=3)
 
 
 def _from_image_folder(src: Source, name: str) -> Split:
     if len(src.classes) != NUM_CLASSES[name]:
         warnings.warn(f"{src.folder} has {len(src.classes)} class folders, {name} has "
-                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=4)
+                      f"{NUM_CLASSES[name]}: labels follow the folders found", stacklevel=3)
     label = {c: i for i, c in enumerate(src.classes)}
     images = torch.empty(len(src.files), 3, 32, 32, dtype=torch.uint8)
     labels = torch.empty(len(src.files), dtype=torch.int64)
@@ -407,17 +351,6 @@ def _to_32x32_rgb(img: torch.Tensor, what: str = "") -> torch.Tensor:
     if img.shape[-3:] != (3, 32, 32):
         raise DataError(f"expected 32x32 (or 28x28) images, got {tuple(img.shape)} {what}")
     return img.contiguous()
-
-
-def _find_fashion_idx(root: Path, split: str) -> tuple[Path, Path] | None:
-    prefix = "t10k" if split == "test" else "train"
-    for base in (root / "fashion-mnist", root / "FashionMNIST" / "raw"):
-        for ext in ("", ".gz"):
-            images = base / f"{prefix}-images-idx3-ubyte{ext}"
-            labels = base / f"{prefix}-labels-idx1-ubyte{ext}"
-            if images.is_file() and labels.is_file():
-                return images, labels
-    return None
 
 
 def _read_idx(path: Path) -> torch.Tensor:
@@ -463,7 +396,7 @@ def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Spli
             ds = tvd.SVHN(str(root / "svhn"), split=split, download=download)
             images, labels = torch.from_numpy(ds.data), ds.labels
             classes = [str(i) for i in range(10)]
-        else:  # fashion-mnist: torchvision stores the IDX files where _find_fashion_idx looks
+        else:  # fashion-mnist: torchvision stores the IDX files where _locate looks
             ds = tvd.FashionMNIST(str(root), train=train, download=download)
             images, labels, classes = ds.data.unsqueeze(1), ds.targets, list(ds.classes)
     # Offline downloads fail with URLError/OSError deep in urllib, and torchvision reports
@@ -477,8 +410,7 @@ def _from_torchvision(name: str, split: str, root: Path, download: bool) -> Spli
 
 # ----------------------------------------------------------------------------- synthetic
 
-def synthetic(split: str = "train", size: int | None = None, seed: int = 0,
-              num_classes: int = 10) -> Split:
+def synthetic(split: str = "train", size: int | None = None, seed: int = 0, num_classes: int = 10) -> Split:
     """A learnable stand-in for CIFAR that needs no files: each class is a smooth random
     colour pattern; each image is its class pattern at a random shift, with random contrast
     and pixel noise, so no single pixel gives the class away but a small CNN learns it fast.
@@ -495,8 +427,7 @@ def synthetic(split: str = "train", size: int | None = None, seed: int = 0,
     coarse = torch.rand(num_classes, 3, 5, 5, generator=g_pat)
     patterns = F.interpolate(coarse, size=(40, 40), mode="bicubic", align_corners=False)
 
-    labels = torch.randperm(n, generator=g) % num_classes  # balanced up to n % classes
-    labels = labels.to(torch.int64)
+    labels = torch.randperm(n, generator=g) % num_classes  # int64, balanced up to n % classes
     dy, dx = torch.randint(0, 9, (2, n), generator=g)
     rows = dy[:, None] + torch.arange(32)
     cols = dx[:, None] + torch.arange(32)
@@ -528,8 +459,7 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
     return torch.cat(picked).sort().values
 
 
-def labelled_split(labels: torch.Tensor, n_labelled: int = 4000,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_split(labels: torch.Tensor, n_labelled: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(labelled, unlabelled) sorted indices for semi-supervised learning (notebook 08): as in
     the authors' script, `n_labelled` images drawn at random with a fixed seed (not balanced
     by class), every other image unlabelled."""
@@ -571,10 +501,9 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
 def augment(x: torch.Tensor, generator: torch.Generator, cutout: int = 16, pad: int = 4,
             flip: bool = True) -> torch.Tensor:
     """The paper's augmentation for a whole batch [B, C, H, W] (uint8 or float), same dtype out:
-    random crop with `pad` zero pixels a side, horizontal flip with p = 1/2, and Cutout of a
-    `cutout`-pixel square whose centre is uniform over the image, clipped at the borders
-    (DeVries & Taylor 2017). All randomness is drawn from `generator`, which must live on
-    x.device, so training is reproducible and resumable. 0 turns off cutout or pad."""
+    random crop with `pad` zero pixels a side, horizontal flip with p = 1/2, then `cut_out` of
+    `cutout` pixels. All randomness is drawn from `generator`, which must live on x.device, so
+    training is reproducible and resumable. 0 turns off cutout or pad."""
     b, c, h, w = x.shape
     dev = x.device
     # Crop and flip are one gather: output pixel (i, j) reads padded pixel
