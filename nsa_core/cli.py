@@ -57,13 +57,9 @@ def cmd_train(args) -> int:
 def cmd_profiles(args) -> int:
     from dataclasses import asdict
 
-    if args.name:
-        get_profile(args.name)   # an unknown name is a KeyError, not an empty listing
-    for name in PROFILES:
-        if args.name and name != args.name:
-            continue
+    for name in [args.name] if args.name else PROFILES:
+        profile = get_profile(name)   # an unknown name is an error, not an empty listing
         print(f"[{name}]")
-        profile = get_profile(name)
         sections = {"understand": "the recipe of Secs. 3-4: the tour and notebooks 01-04",
                     "explore": "the recipe of Sec. 5's supervised models: notebooks 05-07, 09",
                     "semi": "the semi-supervised recipe: notebook 08",
@@ -89,15 +85,11 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
-def _plan_from_args(args):
-    from .plan import build_plan
-    return build_plan(args.profile, args.notebooks, args.models_dir, args.data_dir, seed=args.seed,
-                      sets=parse_sets(args.set))
-
-
 def cmd_models(args) -> int:
-    from .plan import DAMAGED, MISSING, NO_DATA, PARTIAL, TRAINED, table
-    items = _plan_from_args(args)   # reads only: decodes, downloads and writes nothing
+    from .plan import DAMAGED, MISSING, NO_DATA, PARTIAL, TRAINED, build_plan, table
+    # reads only: decodes, downloads and writes nothing
+    items = build_plan(args.profile, args.notebooks, args.models_dir, args.data_dir, seed=args.seed,
+                       sets=parse_sets(args.set))
     for line in table(items):
         print(line)
     count = lambda state: sum(it.state == state for it in items)  # noqa: E731
@@ -325,18 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         args.profile = os.environ.get("NSA_PROFILE") or "tiny"
     try:
         args.settings = runtime.Settings.from_env()
-    except ValueError as e:
-        print(f"nsa: error: {e}", file=sys.stderr)
-        return 2
-    runtime.keep_freed_memory(args.settings)
-    try:
+        runtime.keep_freed_memory(args.settings)
         return args.func(args)
-    except (KeyError, D.DataMissing) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (KeyError, D.DataMissing, ValueError, FloatingPointError) as e:   # the last: a diverging run (lr too high)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"nsa: error: {msg}", file=sys.stderr)
-        return 2
-    except (ValueError, FloatingPointError) as e:   # the latter: a diverging run (lr too high)
-        print(f"nsa: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:   # the machine's failure (a full disk, no SLURM): what and where, in one line
         where = f": {e.filename}" if e.filename else ""

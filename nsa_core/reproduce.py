@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -133,7 +134,6 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
     params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=for_notebooks(results))
     if sets:
         params["OVERRIDES"] = dict(sets)
-    timings: dict[str, float] = {}
     # Kernels inherit the environment. Training bars redraw at most every 2 s, else the
     # executed copies of a long run carry megabytes of progress updates.
     os.environ.setdefault("TQDM_MININTERVAL", "2")
@@ -162,8 +162,7 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
             return 130
         _relative_paths(out)
         remove_orphans(results / prof.name / nb.stem)
-        timings[nb.stem] = time.time() - t0
-        save_timings(results / prof.name, {nb.stem: timings[nb.stem]})   # kept if a later one fails
+        save_timings(results / prof.name, {nb.stem: time.time() - t0})   # kept if a later one fails
     if report:
         # the report gathers every notebook's latest claims, so it gives every notebook's latest
         # wall time (timings.json), and the plan's last training, not only this call's notebooks
@@ -183,10 +182,8 @@ def _relative_paths(executed: Path) -> None:
     meta = nb.get("metadata", {}).get("papermill", {})
     for key in ("input_path", "output_path"):
         if meta.get(key):
-            try:
+            with suppress(ValueError):   # outside the checkout: nothing of it to keep relative
                 meta[key] = str(Path(meta[key]).resolve().relative_to(repo_root()))
-            except ValueError:   # outside the checkout: nothing of it to keep relative
-                pass
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -222,11 +219,9 @@ def _hardware() -> list[str]:
     except OSError:
         pass
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-    from .runtime import device as run_device, precision
-    numerics = precision(run_device())
     return [f"CPU: {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)",
             f"torch {torch.__version__}, Python {platform.python_version()}, device {device}, "
-            f"precision {numerics} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
+            f"precision {runtime.precision(runtime.device())} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
 
 
 def _flat_settings(settings: dict[str, Any]) -> list[list[Any]]:
@@ -287,9 +282,8 @@ def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path 
     declared = [nb[:2] for nb in notebooks if nb in plan.NOTEBOOK_MODELS]
     if not declared:
         return ["None recorded."]
-    items = plan.build_plan(profile_name, declared, None, data_dir)
     rows = []
-    for it in items:
+    for it in plan.build_plan(profile_name, declared, None, data_dir):
         final = it.final()
         rows.append([it.label, it.spec.space, it.spec.recipe.dataset, " ".join(n[:2] for n in it.notebooks),
                      *([final["epochs"], f"{100 * final['test_acc']:.1f} %", _minutes(final["seconds"])]
@@ -302,14 +296,11 @@ def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path 
 
 def _settings_lines(profile_name: str, records: list[dict]) -> list[str]:
     """The report's settings section: the profile's, and the notebooks' knobs."""
-    md: list[str] = []
     # the replications' settings: the tour (no claims) trains with its own small ones
     replications = [r for r in records if r["claims"]]
     settings = replications[0]["settings"] if replications else get_profile(profile_name).as_dict()
     differing = sorted({r["notebook"] for r in replications if r["settings"] != settings})
-
-    md += ["", "## Profile settings", ""]
-    md += _table(_flat_settings(settings), ["setting", "value"])
+    md = ["", "## Profile settings", "", *_table(_flat_settings(settings), ["setting", "value"])]
     if differing:
         md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
                "(an earlier run with other --set values); rerun them to make the report consistent."]
@@ -386,17 +377,13 @@ def update_readme(profile_name: str, results_dir: str | Path, readme: Path | Non
         return False
     folder = Path(results_dir) / profile_name
     claims = pd.read_csv(folder / "claims.csv")
-    timings_path = folder / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    block = [start, "",
-             f"Generated from [results/{profile_name}/REPORT.md](results/{profile_name}/REPORT.md) "
-             f"(total wall time {_minutes(sum(timings.values()))}; hardware and settings there).", ""]
     if "kind" not in claims:
         claims["kind"] = PAPER_CLAIM
-    block += _tally_lines(claims) + [""]
-    block += _table(claims[["notebook", "statement", "paper", "reproduced", "verdict", "kind"]].values.tolist(),
-                    ["notebook", "statement", "paper", "reproduced", "verdict", "kind"])
-    block += ["", end]
+    columns = ["notebook", "statement", "paper", "reproduced", "verdict", "kind"]
+    block = [start, "",
+             f"Generated from [results/{profile_name}/REPORT.md](results/{profile_name}/REPORT.md) "
+             f"(total wall time {_minutes(sum(saved_timings(folder).values()))}; hardware and settings there).", "",
+             *_tally_lines(claims), "", *_table(claims[columns].values.tolist(), columns), "", end]
     head, rest = text.split(start, 1)
     readme.write_text(head + "\n".join(block) + rest.split(end, 1)[1])
     return True
