@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 
 from . import data as D
 from . import runtime
@@ -45,7 +46,7 @@ def cmd_train(args) -> int:
     from .cache import get_or_train, model_dir
     spec = _spec_from_args(args)
     folder = model_dir(spec, args.models_dir, args.data_dir)
-    model, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True,
+    _, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True,
                                settings=args.settings)
     last = hist.iloc[-1]
     print(f"test accuracy {last.test_acc:.4f} (BN test mode, {spec.sampling} architectures) "
@@ -92,9 +93,9 @@ def cmd_models(args) -> int:
                        sets=parse_sets(args.set))
     for line in table(items):
         print(line)
-    count = lambda state: sum(it.state == state for it in items)  # noqa: E731
-    print(f"{len(items)} models: {count(TRAINED)} trained, {count(PARTIAL)} partial, {count(MISSING)} missing, "
-          f"{count(DAMAGED)} damaged, {count(NO_DATA)} without data", file=sys.stderr)
+    n = Counter(it.state for it in items)
+    print(f"{len(items)} models: {n[TRAINED]} trained, {n[PARTIAL]} partial, {n[MISSING]} missing, "
+          f"{n[DAMAGED]} damaged, {n[NO_DATA]} without data", file=sys.stderr)
     return 0
 
 
@@ -121,7 +122,10 @@ def cmd_train_all(args) -> int:
     if local:
         runtime.device(args.device)
         requested = _positive(args.jobs, "--jobs", auto=True) or scale.default_jobs(args.device)
-        threads = _positive(str(args.threads), "--threads") if args.threads is not None else None
+        # threads from the jobs asked for, not the models left: a rerun resumes a model with
+        # the thread count it started with, so its weights stay those of an uninterrupted run
+        threads = _positive(str(args.threads), "--threads") if args.threads is not None else \
+            scale.worker_threads(requested)
     else:
         opts = scale.slurm_options(args.slurm_config, profile.slurm, partition=args.partition, time=args.time,
                                    account=args.account, cpus_per_task=args.cpus_per_task,
@@ -188,12 +192,9 @@ def _train_all_plan(args, sets, data) -> tuple[list, list, list]:
     return items, todo, absent
 
 
-def _train_locally(args, todo, requested: int, threads: int | None, models, data, logs, results) -> list | None:
+def _train_locally(args, todo, requested: int, threads: int, models, data, logs, results) -> list | None:
     """train-all's local workers: their outcomes, None when a signal stopped them."""
     from . import scale
-    # threads from the jobs asked for, not the models left: a rerun resumes a model with
-    # the thread count it started with, so its weights stay those of an uninterrupted run
-    threads = threads or scale.worker_threads(requested)
     t0 = time.time()
     outcomes = scale.train_local(todo, min(requested, len(todo)), models, data, args.device, threads,
                                  logs) if todo else []
@@ -230,15 +231,15 @@ def _run_commands(sub) -> None:
                                    "its folder. Values come from the profile; --set overrides any recipe "
                                    "or model-spec key.")
     t.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS)}")
-    t.add_argument("--space", type=int, default=None, help="S, the training space size (default 500; fixed nets: 1)")
+    t.add_argument("--space", type=int, help="S, the training space size (default 500; fixed nets: 1)")
     t.add_argument("--recipe", choices=("understand", "explore"), default="understand",
                    help="the profile's recipe: understand (Secs. 3-4, default) or explore (Sec. 5); "
                         "--set semi=... takes the semi-supervised one")
-    t.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-    t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    t.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    t.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+    t.add_argument("--data-dir", help=DATA_DIR_HELP)
+    t.add_argument("--models-dir", help=MODELS_DIR_HELP)
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--seed", type=int, help="training seed (default 0)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one recipe or spec value, e.g. epochs=2 or seed=1; semi=consistency or "
                         "semi=labelled-only trains with the profile's semi-supervised recipe; repeatable")
@@ -247,9 +248,9 @@ def _run_commands(sub) -> None:
     r = sub.add_parser("reproduce", help="run the notebooks with papermill and write REPORT.md",
                        description="Run the notebooks (notebooks/NN_*.ipynb, all or --notebooks) headless in a "
                                    "profile; results go to results/<profile>/.")
-    r.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-    r.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    r.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
+    r.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+    r.add_argument("--data-dir", help=DATA_DIR_HELP)
+    r.add_argument("--notebooks", nargs="+", help="numbers like 01 03 (default: all)")
     r.add_argument("--no-report", action="store_true", help="skip writing REPORT.md")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value; repeatable")
     r.set_defaults(func=cmd_reproduce)
@@ -261,17 +262,17 @@ def _run_commands(sub) -> None:
     b.set_defaults(func=cmd_bench)
 
     pr = sub.add_parser("profiles", help="show the profiles' values")
-    pr.add_argument("name", nargs="?", default=None)
+    pr.add_argument("name", nargs="?")
     pr.set_defaults(func=cmd_profiles)
 
 
 def _plan_commands(sub) -> None:
     """models and train-all: the plan of the notebooks' models."""
     def plan_arguments(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-        q.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
-        q.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-        q.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
+        q.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+        q.add_argument("--notebooks", nargs="+", help="numbers like 01 03 (default: all)")
+        q.add_argument("--data-dir", help=DATA_DIR_HELP)
+        q.add_argument("--models-dir", help=MODELS_DIR_HELP)
         q.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (default 0)")
         q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value, as for reproduce; repeatable")
 
@@ -291,19 +292,18 @@ def _plan_commands(sub) -> None:
     plan_arguments(a)
     a.add_argument("--executor", choices=("local", "slurm"), default="local")
     a.add_argument("--jobs", default="auto", help="local workers (default auto: one per GPU, else one per core)")
-    a.add_argument("--threads", type=int, default=None,
-                   help="torch threads per local worker (default: the cores split between the workers, at most "
-                        "$OMP_NUM_THREADS)")
-    a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    a.add_argument("--logs", default=None, help="submitit's job folders (default <models-dir>/.jobs; removed "
-                                                  "after a model's success, kept for a failed one)")
-    a.add_argument("--slurm-config", default=None, help="INI file with a [slurm] section (partition, time, account, ...)")
-    a.add_argument("--partition", default=None, help="slurm partition")
-    a.add_argument("--time", default=None, help="slurm time limit per job (minutes or D-HH:MM:SS; default: the "
-                                                  "profile's, `profiles NAME` shows it)")
-    a.add_argument("--account", default=None, help="slurm account")
-    a.add_argument("--cpus-per-task", type=int, default=None, help="slurm CPUs per job (default: the profile's)")
-    a.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job (default: the profile's)")
+    a.add_argument("--threads", type=int, help="torch threads per local worker (default: the cores split between "
+                                               "the workers, at most $OMP_NUM_THREADS)")
+    a.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    a.add_argument("--logs", help="submitit's job folders (default <models-dir>/.jobs; removed after a model's "
+                                  "success, kept for a failed one)")
+    a.add_argument("--slurm-config", help="INI file with a [slurm] section (partition, time, account, ...)")
+    a.add_argument("--partition", help="slurm partition")
+    a.add_argument("--time", help="slurm time limit per job (minutes or D-HH:MM:SS; default: the profile's, "
+                                  "`profiles NAME` shows it)")
+    a.add_argument("--account", help="slurm account")
+    a.add_argument("--cpus-per-task", type=int, help="slurm CPUs per job (default: the profile's)")
+    a.add_argument("--mem-gb", type=float, help="slurm memory per job (default: the profile's)")
     a.add_argument("--sbatch", action="append", metavar="OPTION", help="extra sbatch option, e.g. --sbatch=--qos=high; repeatable")
     a.add_argument("--dry-run", action="store_true", help="slurm: print the job array's sbatch script, submit nothing")
     a.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print the summary")
@@ -331,6 +331,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nsa: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

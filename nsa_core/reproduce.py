@@ -1,11 +1,11 @@
-"""`make reproduce`: run the notebooks headless with papermill, then write REPORT.md.
+"""`make reproduce`: run the notebooks headless with papermill, then write REPORT.md, which
+gathers every notebook's claims.json (see experiment.py) into one document.
 
 Each notebook runs from notebooks/ with parameters PROFILE, DATA_DIR, RESULTS_DIR (and
-OVERRIDES for --set values); its executed copy, outputs and all, goes to
-results/<profile>/executed/. Cell output streams to stderr; stdout gets only the report's
-path. The first failing notebook stops the run with one line naming the notebook, the cell
-and the error; its partial executed copy stays for inspection.
-REPORT.md gathers every notebook's claims.json (see experiment.py) into one document.
+OVERRIDES for --set values); its executed copy goes to results/<profile>/executed/. Cell
+output streams to stderr; stdout gets only the report's path. The first failing notebook
+stops the run with one line naming the notebook, the cell and the error; its partial
+executed copy stays for inspection.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from . import runtime
+from . import paths, runtime
 from .claims import (CONFIDENCE, CONVERGED_CHANGE, FAILS, HOLDS, INCONCLUSIVE, N_RESAMPLES, NOT_COMPARABLE,
                      PAPER_CLAIM, UNDERPOWERED, markdown_table, tally_sentence)
 from .experiment import CLAIM_FIELDS, save_timings, saved_timings
-from . import paths
 from .paths import repo_root, results_dir
 from .profiles import get_profile
 
@@ -65,8 +64,7 @@ def _declares(nb: Path, name: str) -> bool:
     """Whether the notebook's `parameters` cell assigns `name`."""
     cells = json.loads(nb.read_text())["cells"]
     return any("parameters" in c.get("metadata", {}).get("tags", []) and
-               any(line.lstrip().startswith(f"{name} ") or line.lstrip().startswith(f"{name}=")
-                   for line in "".join(c["source"]).splitlines())
+               any(line.lstrip().startswith((f"{name} ", f"{name}=")) for line in "".join(c["source"]).splitlines())
                for c in cells)
 
 
@@ -79,10 +77,9 @@ def _shown(path: Path) -> str:
 
 
 def for_notebooks(path: Path) -> str:
-    """`path` as the notebooks' parameters get it: relative to the repository root when it
-    lies under the checkout the kernels import nsa_core from (they resolve relative paths
-    against that root, paths.resolve), so executed notebooks and what they write carry no
-    absolute path of this machine; absolute otherwise."""
+    """`path` as the notebooks' parameters get it: relative to the root of the checkout the
+    kernels import nsa_core from when it lies under it (they resolve it there, paths.resolve),
+    so executed notebooks carry no absolute path of this machine; absolute otherwise."""
     root = repo_root().resolve()
     if not (root / "pyproject.toml").is_file() or not Path(paths.__file__).resolve().is_relative_to(root):
         return str(path)
@@ -108,10 +105,9 @@ def _prepare(profile: str, data_dir: str | None, notebooks: list[str] | None, se
             raise ValueError(f"data folder {data} does not exist; pass an existing --data-dir "
                              "(or leave it out for $NSA_DATA_DIR, else data/ in the repository)")
         data_dir = for_notebooks(data)
-    if sets:
-        blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]
-        if blind:
-            raise ValueError(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
+    blind = [nb.stem for nb in selected if sets and not _declares(nb, "OVERRIDES")]
+    if blind:
+        raise ValueError(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
 
     results = paths.writable_folder(results_dir(), "results folder")
     executed = paths.writable_folder(results / prof.name / "executed", "results folder")
@@ -146,14 +142,10 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
             pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
                                 cwd=str(nb.parent), progress_bar=True,
                                 stdout_file=sys.stderr, stderr_file=sys.stderr)
-        except pm.PapermillExecutionError as e:
-            evalue = " ".join(str(e.evalue).split())
-            print(f"nsa: notebook {nb.stem} failed in cell {e.exec_count}: {e.ename}: {evalue} "
-                  f"(partial output: {_shown(out)})", file=sys.stderr)
-            return 1
-        except DeadKernelError:
-            print(f"nsa: notebook {nb.stem} failed: its kernel died (out of memory?) "
-                  f"(partial output: {_shown(out)})", file=sys.stderr)
+        except (pm.PapermillExecutionError, DeadKernelError) as e:
+            why = (f" in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())}"
+                   if isinstance(e, pm.PapermillExecutionError) else ": its kernel died (out of memory?)")
+            print(f"nsa: notebook {nb.stem} failed{why} (partial output: {_shown(out)})", file=sys.stderr)
             return 1
         except KeyboardInterrupt:   # papermill saves the executed part before this reaches us
             print(f"\nnsa: interrupted in notebook {nb.stem}; its partial output is in {_shown(out)}; "
@@ -188,15 +180,15 @@ def _relative_paths(executed: Path) -> None:
 
 
 def remove_orphans(folder: Path) -> list[Path]:
-    """Delete what an earlier run of a notebook wrote and this run did not (a renamed figure,
-    a table no longer made): its claims.json lists every figure and table it wrote. Returns
-    the deleted files."""
+    """Delete what an earlier run of a notebook wrote and this run did not (its claims.json lists
+    every figure and table it wrote); returns the deleted files."""
     record = folder / "claims.json"
     if not record.is_file():
         return []
     r = json.loads(record.read_text())
-    keep = {record.name} | {Path(f).name for f in r["figures"]} | {Path(f).with_suffix(".svg").name for f in r["figures"]}
-    keep |= {Path(t).name for t in r["tables"]}
+    figures = [Path(f) for f in r["figures"]]
+    keep = {record.name, *(f.name for f in figures), *(f.with_suffix(".svg").name for f in figures),
+            *(Path(t).name for t in r["tables"])}
     gone = [f for f in folder.iterdir() if f.is_file() and f.name not in keep]
     for f in gone:
         f.unlink()
@@ -211,17 +203,13 @@ def _hardware() -> list[str]:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    with suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     return [f"CPU: {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)",
-            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}, "
-            f"precision {runtime.precision(runtime.device())} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
+            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}, precision "
+            f"{runtime.precision(runtime.device())} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
 
 
 def _flat_settings(settings: dict[str, Any]) -> list[list[Any]]:
@@ -246,7 +234,7 @@ def _tally_lines(claims: pd.DataFrame) -> list[str]:
     """The verdict counts, the paper's claims apart from the rest."""
     if not len(claims):
         return ["No claims recorded."]
-    return [f"**{len(claims)} claims tested.** " + tally_sentence(claims) + "."]
+    return [f"**{len(claims)} claims tested.** {tally_sentence(claims)}."]
 
 
 def _verdict_legend() -> list[str]:
@@ -267,8 +255,7 @@ def _verdict_legend() -> list[str]:
 
 def changed_verdicts(old: pd.DataFrame, new: pd.DataFrame) -> list[list[Any]]:
     """Rows (notebook, statement, old verdict, new verdict, old rule, new rule) of the claims,
-    matched by notebook and statement, whose verdict differs between two claims tables; a
-    claim in only one of them shows '-' on the other side."""
+    matched by notebook and statement, whose verdict differs; '-' where a claim is missing."""
     key = ["notebook", "statement"]
     both = old[key + ["verdict", "rule"]].merge(new[key + ["verdict", "rule"]], on=key, how="outer",
                                                 suffixes=(" old", " new")).fillna("-")
@@ -289,8 +276,8 @@ def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path 
                      *([final["epochs"], f"{100 * final['test_acc']:.1f} %", _minutes(final["seconds"])]
                        if final else ["", it.describe(), ""])])
     return ["Final test accuracy: BN in test mode, architectures drawn as the model was trained (NSA: one per "
-            "test batch of 128 images, as the authors test), on the profile's test images (the trainer's last evaluation, `history.csv`); training time: the "
-            "model's own, in its worker.", "",
+            "test batch of 128 images, as the authors test), on the profile's test images (the trainer's last "
+            "evaluation, `history.csv`); training time: the model's own, in its worker.", "",
             *_table(rows, ["model", "S", "data", "notebooks", "epochs", "test accuracy", "training time"])]
 
 
@@ -349,14 +336,11 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
         md += ["", "### Verdicts changed since the previous report", ""]
         md += _table(changed, ["notebook", "statement", "before", "now", "rule before", "rule now"]) if changed \
             else ["None."]
-    notes = [(r["notebook"], n) for r in records for n in r["notes"]]
-    md += ["", "## Notes", ""]
-    md += [f"- {nb}: {n}" for nb, n in notes] or ["None."]
+    md += ["", "## Notes", "", *([f"- {r['notebook']}: {n}" for r in records for n in r["notes"]] or ["None."])]
     md += ["", "## Figures", ""]
     for r in records:
         if r["figures"]:
-            md += [f"### {r['notebook']}", ""]
-            md += [f"![{Path(f).stem}]({quote(f)})" for f in r["figures"]] + [""]
+            md += [f"### {r['notebook']}", "", *[f"![{Path(f).stem}]({quote(f)})" for f in r["figures"]], ""]
     md += ["## Notebooks", ""]
     md += [f"- [{r['notebook']}](executed/{r['notebook']}.ipynb) (finished {r['finished']}; tables: "
            + (", ".join(f"[{Path(t).name}]({quote(t)})" for t in r["tables"]) or "none") + ")" for r in records]
@@ -367,9 +351,8 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
 
 def update_readme(profile_name: str, results_dir: str | Path, readme: Path | None = None) -> bool:
     """Replace the README block between `<!-- claims:PROFILE:start -->` and
-    `<!-- claims:PROFILE:end -->` with this profile's claims table and wall time, so the
-    README shows the committed run's numbers, generated rather than copied by hand.
-    Returns whether the README has such a block."""
+    `<!-- claims:PROFILE:end -->` with this profile's claims table and wall time, generated
+    rather than copied by hand. Returns whether the README has such a block."""
     readme = readme or repo_root() / "README.md"
     start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
     text = readme.read_text() if readme.is_file() else ""

@@ -121,11 +121,10 @@ def _stop_when_orphaned(owner: int) -> None:
 
 class TrainJob(submitit.helpers.Checkpointable):
     """One model, trained (or resumed, or found finished) through the model cache. Picklable:
-    submitit sends it to the worker; at a time limit or on preemption its `checkpoint`
-    (inherited) resubmits it as it is, and the requeued job resumes from the trainer's last
-    checkpoint. `owner`: the local train-all process, whose death stops the worker.
-    `preemptible` (SLURM): SIGTERM is submitit's (it precedes a preemption's USR2); locally
-    SIGTERM is how the parent stops its workers."""
+    submitit sends it to the worker, and at a time limit or on preemption the inherited
+    `checkpoint` resubmits it as it is. `owner`: the local train-all process, whose death stops
+    the worker. `preemptible` (SLURM): SIGTERM is submitit's (it precedes a preemption's USR2);
+    locally SIGTERM is how the parent stops its workers."""
 
     def __init__(self, spec_json: str, models_dir: str, data_dir: str | None, device: str | None,
                  threads: int, owner: int | None = None, preemptible: bool = False) -> None:
@@ -463,14 +462,13 @@ def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data
 def wait_for(jobs: list[tuple[Item, submitit.Job]], report: Callable[[str], None] = say,
              poll: float = 60.0) -> list[Outcome]:
     """Wait for submitted jobs, reporting each as it ends."""
-    t0, pending, outcomes = time.time(), list(enumerate(jobs, 1)), []
+    t0, pending, outcomes = time.time(), dict(enumerate(jobs, 1)), []
     while pending:
-        for entry in list(pending):
-            n, (item, job) = entry
+        for n, (item, job) in list(pending.items()):
             if job.done():
                 outcomes.append(_outcome(item, job, t0))
                 report(progress_line(n, len(jobs), outcomes[-1]))
-                pending.remove(entry)
+                del pending[n]
         if pending:
             time.sleep(poll)
     return outcomes
