@@ -46,8 +46,7 @@ def cmd_train(args) -> int:
     from .cache import get_or_train, model_dir
     spec = _spec_from_args(args)
     folder = model_dir(spec, args.models_dir, args.data_dir)
-    _, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True,
-                               settings=args.settings)
+    _, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True, settings=args.settings)
     last = hist.iloc[-1]
     print(f"test accuracy {last.test_acc:.4f} (BN test mode, {spec.sampling} architectures) "
           f"after {int(last.epoch)} epochs, {hist.seconds.sum():.0f} s of training", file=sys.stderr)

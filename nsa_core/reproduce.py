@@ -303,8 +303,7 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     """Write <results_dir>/<profile>/REPORT.md and claims.csv from the notebooks' claims.json.
     `timings` (notebook or `train-all` -> seconds) defaults to the ones saved by the last runs."""
     folder = Path(results_dir) / profile_name
-    if timings is None:
-        timings = saved_timings(folder)
+    timings = saved_timings(folder) if timings is None else timings
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/claims.json"))]
 
     # claims.json of older runs has no kind: they were all counted as paper claims

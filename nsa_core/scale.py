@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import submitit
 import torch
@@ -49,6 +49,7 @@ if TYPE_CHECKING:   # the workers unpickle this module: they need not import the
 CPU_THREADS_THAT_PAY = 1
 LOCAL_TIMEOUT_MIN = 60 * 24 * 30   # submitit's local default (2 minutes) would kill every training
 TAIL_LINES = 12
+LOCAL_POLL_S, SLURM_POLL_S = 0.2, 60.0   # how often the parent looks at its jobs
 STOP_RESEND_S = 5.0     # a worker still starting up may miss a stop: it is sent again this often
 ORPHAN_GRACE_S = 60.0   # an orphaned worker that has not stopped after its SIGTERM is killed
 LOADED, WAITED, TRAINED, INTERRUPTED, FAILED = "loaded", "waited", "trained", "interrupted", "failed"
@@ -105,9 +106,9 @@ def _wait_for_exit(*pids: int) -> None:
 
 
 def _stop_when_orphaned(owner: int) -> None:
-    """Stop this worker when `owner` (the train-all process) or the submitit controller
-    between them exits, however it died: SIGTERM to itself, so the trainer checkpoints at its
-    next step and ends; SIGKILL if it has not ended ORPHAN_GRACE_S later."""
+    """When `owner` (the train-all process) or the submitit controller between them exits,
+    however it died, SIGTERM this worker (the trainer checkpoints at its next step and ends),
+    and SIGKILL it if it has not ended ORPHAN_GRACE_S later."""
     controller = os.getppid()
 
     def watch() -> None:
@@ -245,16 +246,12 @@ def progress_line(n: int, total: int, out: Outcome) -> str:
     return "\n".join(lines + [f"     | {line}" for line in out.tail])
 
 
-def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path | None = None,
-                device: str | None = None, threads: int | None = None, logs: Path | None = None,
-                report: Callable[[str], None] = say, poll: float = 0.2) -> list[Outcome]:
+def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path | None, device: str | None,
+                threads: int, logs: Path) -> list[Outcome]:
     """Train `items` with `jobs` worker processes on this machine (submitit's LocalExecutor),
-    each with `threads` torch threads (default: worker_threads). A failed model is reported
-    and the others go on. SIGINT or SIGTERM stops the workers at their next step (INTERRUPTED
-    outcomes, nothing more is started). The job folders of the models that did not fail are
-    removed at the end; those of failed ones are kept for their logs."""
-    threads = threads or worker_threads(jobs)
-    logs = Path(logs or models_dir / ".jobs")
+    `threads` torch threads each, their job folders in `logs` (kept only for the logs of failed
+    models). A failed model is reported and the others go on; SIGINT or SIGTERM stops the
+    workers at their next step (INTERRUPTED outcomes; nothing more is started)."""
     gpus = torch.cuda.device_count() if (device.startswith("cuda") if device else torch.cuda.is_available()) else 0
     executor = submitit.LocalExecutor(folder=logs / "%j")
     queue, total = deque(enumerate(items, 1)), len(items)
@@ -279,21 +276,21 @@ def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path |
                 with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)), \
                         _handled(signal.SIG_IGN, signal.SIGINT):
                     job = executor.submit(_job(item, models_dir, data_dir, device, threads, owner=os.getpid()))
-                report(f"nsa: [{n}/{total}] started {item.name} ({item.describe()}; worker {slot + 1}/{jobs}, "
+                say(f"nsa: [{n}/{total}] started {item.name} ({item.describe()}; worker {slot + 1}/{jobs}, "
                        f"{threads} thread(s); log {job.paths.stderr})")
                 running[slot] = (n, item, job, time.time())
             for slot, (n, item, job, t0) in list(running.items()):
                 if job.done():
                     outcomes.append(_outcome(item, job, t0, stopping=stop.sig is not None))
                     ended.append(job)
-                    report(progress_line(n, total, outcomes[-1]))
+                    say(progress_line(n, total, outcomes[-1]))
                     if outcomes[-1].state == INTERRUPTED and stop.sig is None:   # a Ctrl-C the parent missed
                         stop.sig = signal.SIGINT
                     del running[slot]
                     free.append(slot)
-            time.sleep(poll)
+            time.sleep(LOCAL_POLL_S)
         if stop.sig and queue:
-            report(f"nsa: {len(queue)} model(s) not started; rerun to train them")
+            say(f"nsa: {len(queue)} model(s) not started; rerun to train them")
             outcomes += [Outcome(item, INTERRUPTED, 0.0) for _, item in queue]
     for job, out in zip(ended, outcomes):
         folder = Path(job.paths.folder)
@@ -302,7 +299,7 @@ def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path |
     with suppress(OSError):   # submitit's controller makes the folder pattern itself, empty
         (logs / "%j").rmdir()
     if any(o.state == FAILED for o in outcomes):
-        report(f"nsa: the job folders of the failed models, with their logs, are kept in {logs}")
+        say(f"nsa: the job folders of the failed models, with their logs, are kept in {logs}")
     return outcomes
 
 
@@ -314,8 +311,7 @@ def summary(outcomes: list[Outcome], skipped: list[Item] = ()) -> list[str]:
         result = f"{said[o.state]} (acc {o.test_acc:.4f})" if o.ok else o.state.upper()
         rows.append((o.item.label, str(o.item.spec.space), o.item.key, result, f"{o.seconds:.0f}",
                      str(o.log or "") if not o.ok else ""))
-    for it in skipped:
-        rows.append((it.label, str(it.spec.space), it.key, it.describe(), "", it.note))
+    rows += [(it.label, str(it.spec.space), it.key, it.describe(), "", it.note) for it in skipped]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     failed = sum(not o.ok for o in outcomes)
@@ -429,8 +425,7 @@ def require_slurm() -> None:
 
 
 def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data_dir: Path | None,
-                 logs: Path, job_name: str = "nsa", report: Callable[[str], None] = say
-                 ) -> list[tuple[Item, submitit.Job]]:
+                 logs: Path, job_name: str = "nsa") -> list[tuple[Item, submitit.Job]]:
     """The models as one SLURM job array, each task one model with the options' resources. A
     model whose job from an earlier call is still queued or running is not submitted again
     (logs/jobs.tsv remembers the jobs)."""
@@ -442,7 +437,7 @@ def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data
         if item.key in known:
             state = submitit.SlurmJob(logs / "%j", known[item.key]).state
             if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"):
-                report(f"nsa: {item.name} already has job {known[item.key]} ({state}); not submitted again")
+                say(f"nsa: {item.name} already has job {known[item.key]} ({state}); not submitted again")
                 continue
         todo.append(item)
     if not todo:
@@ -455,20 +450,19 @@ def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data
     with open(record, "a") as f:
         f.writelines(f"{it.key}\t{job.job_id}\n" for it, job in zip(todo, jobs))
     for it, job in zip(todo, jobs):
-        report(f"nsa: submitted {it.name} as job {job.job_id} (log {job.paths.stderr})")
+        say(f"nsa: submitted {it.name} as job {job.job_id} (log {job.paths.stderr})")
     return list(zip(todo, jobs))
 
 
-def wait_for(jobs: list[tuple[Item, submitit.Job]], report: Callable[[str], None] = say,
-             poll: float = 60.0) -> list[Outcome]:
+def wait_for(jobs: list[tuple[Item, submitit.Job]]) -> list[Outcome]:
     """Wait for submitted jobs, reporting each as it ends."""
     t0, pending, outcomes = time.time(), dict(enumerate(jobs, 1)), []
     while pending:
         for n, (item, job) in list(pending.items()):
             if job.done():
                 outcomes.append(_outcome(item, job, t0))
-                report(progress_line(n, len(jobs), outcomes[-1]))
+                say(progress_line(n, len(jobs), outcomes[-1]))
                 del pending[n]
         if pending:
-            time.sleep(poll)
+            time.sleep(SLURM_POLL_S)
     return outcomes
