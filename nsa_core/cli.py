@@ -123,8 +123,8 @@ def cmd_train_all(args) -> int:
         requested = _positive(args.jobs, "--jobs", auto=True) or scale.default_jobs(args.device)
         # threads from the jobs asked for, not the models left: a rerun resumes a model with
         # the thread count it started with, so its weights stay those of an uninterrupted run
-        threads = _positive(str(args.threads), "--threads") if args.threads is not None else \
-            scale.worker_threads(requested)
+        threads = (_positive(str(args.threads), "--threads") if args.threads is not None
+                   else scale.worker_threads(requested))
     else:
         opts = scale.slurm_options(args.slurm_config, profile.slurm, partition=args.partition, time=args.time,
                                    account=args.account, cpus_per_task=args.cpus_per_task,
@@ -329,4 +329,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:   # SIGINT/SIGTERM: the trainer has written a checkpoint
         print(f"nsa: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
-

@@ -254,8 +254,8 @@ def _verdict_legend() -> list[str]:
 
 
 def changed_verdicts(old: pd.DataFrame, new: pd.DataFrame) -> list[list[Any]]:
-    """Rows (notebook, statement, old verdict, new verdict, old rule, new rule) of the claims,
-    matched by notebook and statement, whose verdict differs; '-' where a claim is missing."""
+    """Rows (notebook, statement, old verdict, new verdict, old rule, new rule) of the claims whose
+    verdict differs between two tables, matched by notebook and statement ('-' on a missing side)."""
     key = ["notebook", "statement"]
     both = old[key + ["verdict", "rule"]].merge(new[key + ["verdict", "rule"]], on=key, how="outer",
                                                 suffixes=(" old", " new")).fillna("-")
@@ -293,8 +293,8 @@ def _settings_lines(profile_name: str, records: list[dict]) -> list[str]:
                "(an earlier run with other --set values); rerun them to make the report consistent."]
     knobs = [[r["notebook"], k, v["value"], v["paper"]] for r in records for k, v in r.get("knobs", {}).items()]
     if knobs:
-        md += ["", "Notebook settings (they enter the paper-scale test too):", ""]
-        md += _table(knobs, ["notebook", "setting", "this run", "paper"])
+        md += ["", "Notebook settings (they enter the paper-scale test too):", "",
+               *_table(knobs, ["notebook", "setting", "this run", "paper"])]
     return md
 
 

@@ -129,7 +129,7 @@ def keep_freed_memory(settings: Settings = Settings()) -> bool:
     back to the OS, so the next one page-faults its way in again, 4 KiB at a time: at batch 128
     a training step took 12,000-24,000 page faults, and a 640-image forward cost 1.7x per image
     what a 128-image forward did (`make bench` shows the faults per step with and without). The
-    price, the process keeps its peak memory until it exits, is why only entry points call this."""
+    process keeps its peak memory until it exits: only the entry points call this, never an import."""
     if sys.platform != "linux" or not settings.keep_freed:
         return False
     try:

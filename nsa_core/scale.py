@@ -277,7 +277,7 @@ def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path |
                         _handled(signal.SIG_IGN, signal.SIGINT):
                     job = executor.submit(_job(item, models_dir, data_dir, device, threads, owner=os.getpid()))
                 say(f"nsa: [{n}/{total}] started {item.name} ({item.describe()}; worker {slot + 1}/{jobs}, "
-                       f"{threads} thread(s); log {job.paths.stderr})")
+                    f"{threads} thread(s); log {job.paths.stderr})")
                 running[slot] = (n, item, job, time.time())
             for slot, (n, item, job, t0) in list(running.items()):
                 if job.done():
