@@ -397,9 +397,8 @@ def slurm_parameters(opts: dict[str, Any], job_name: str) -> dict[str, Any]:
                                   signal_delay_s=opts["signal_delay_s"],
                                   setup=[f"export OMP_NUM_THREADS={opts['cpus_per_task']}", *setup],
                                   additional_parameters=_extra_sbatch(opts.get("sbatch")))
-    for key in ("partition", "account", "gpus_per_node"):   # no GPU line at all for a CPU profile
-        if opts.get(key):
-            params[key] = opts[key]
+    # no GPU line at all for a CPU profile
+    params |= {key: opts[key] for key in ("partition", "account", "gpus_per_node") if opts.get(key)}
     if opts.get("mem_gb"):
         params["mem"] = f"{opts['mem_gb']:g}GB"
     return params
