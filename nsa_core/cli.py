@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 
 from . import data as D
 from . import runtime
@@ -45,8 +46,7 @@ def cmd_train(args) -> int:
     from .cache import get_or_train, model_dir
     spec = _spec_from_args(args)
     folder = model_dir(spec, args.models_dir, args.data_dir)
-    model, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True,
-                               settings=args.settings)
+    _, hist = get_or_train(spec, args.models_dir, args.data_dir, args.device, progress=True, settings=args.settings)
     last = hist.iloc[-1]
     print(f"test accuracy {last.test_acc:.4f} (BN test mode, {spec.sampling} architectures) "
           f"after {int(last.epoch)} epochs, {hist.seconds.sum():.0f} s of training", file=sys.stderr)
@@ -57,13 +57,9 @@ def cmd_train(args) -> int:
 def cmd_profiles(args) -> int:
     from dataclasses import asdict
 
-    if args.name:
-        get_profile(args.name)   # an unknown name is a KeyError, not an empty listing
-    for name in PROFILES:
-        if args.name and name != args.name:
-            continue
+    for name in [args.name] if args.name else PROFILES:
+        profile = get_profile(name)   # an unknown name is an error, not an empty listing
         print(f"[{name}]")
-        profile = get_profile(name)
         sections = {"understand": "the recipe of Secs. 3-4: the tour and notebooks 01-04",
                     "explore": "the recipe of Sec. 5's supervised models: notebooks 05-07, 09",
                     "semi": "the semi-supervised recipe: notebook 08",
@@ -89,20 +85,16 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
-def _plan_from_args(args):
-    from .plan import build_plan
-    return build_plan(args.profile, args.notebooks, args.models_dir, args.data_dir, seed=args.seed,
-                      sets=parse_sets(args.set))
-
-
 def cmd_models(args) -> int:
-    from .plan import DAMAGED, MISSING, NO_DATA, PARTIAL, TRAINED, table
-    items = _plan_from_args(args)   # reads only: decodes, downloads and writes nothing
+    from .plan import DAMAGED, MISSING, NO_DATA, PARTIAL, TRAINED, build_plan, table
+    # reads only: decodes, downloads and writes nothing
+    items = build_plan(args.profile, args.notebooks, args.models_dir, args.data_dir, seed=args.seed,
+                       sets=parse_sets(args.set))
     for line in table(items):
         print(line)
-    count = lambda state: sum(it.state == state for it in items)  # noqa: E731
-    print(f"{len(items)} models: {count(TRAINED)} trained, {count(PARTIAL)} partial, {count(MISSING)} missing, "
-          f"{count(DAMAGED)} damaged, {count(NO_DATA)} without data", file=sys.stderr)
+    n = Counter(it.state for it in items)
+    print(f"{len(items)} models: {n[TRAINED]} trained, {n[PARTIAL]} partial, {n[MISSING]} missing, "
+          f"{n[DAMAGED]} damaged, {n[NO_DATA]} without data", file=sys.stderr)
     return 0
 
 
@@ -129,7 +121,10 @@ def cmd_train_all(args) -> int:
     if local:
         runtime.device(args.device)
         requested = _positive(args.jobs, "--jobs", auto=True) or scale.default_jobs(args.device)
-        threads = _positive(str(args.threads), "--threads") if args.threads is not None else None
+        # threads from the jobs asked for, not the models left: a rerun resumes a model with
+        # the thread count it started with, so its weights stay those of an uninterrupted run
+        threads = (_positive(str(args.threads), "--threads") if args.threads is not None
+                   else scale.worker_threads(requested))
     else:
         opts = scale.slurm_options(args.slurm_config, profile.slurm, partition=args.partition, time=args.time,
                                    account=args.account, cpus_per_task=args.cpus_per_task,
@@ -196,12 +191,9 @@ def _train_all_plan(args, sets, data) -> tuple[list, list, list]:
     return items, todo, absent
 
 
-def _train_locally(args, todo, requested: int, threads: int | None, models, data, logs, results) -> list | None:
+def _train_locally(args, todo, requested: int, threads: int, models, data, logs, results) -> list | None:
     """train-all's local workers: their outcomes, None when a signal stopped them."""
     from . import scale
-    # threads from the jobs asked for, not the models left: a rerun resumes a model with
-    # the thread count it started with, so its weights stay those of an uninterrupted run
-    threads = threads or scale.worker_threads(requested)
     t0 = time.time()
     outcomes = scale.train_local(todo, min(requested, len(todo)), models, data, args.device, threads,
                                  logs) if todo else []
@@ -238,15 +230,15 @@ def _run_commands(sub) -> None:
                                    "its folder. Values come from the profile; --set overrides any recipe "
                                    "or model-spec key.")
     t.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS)}")
-    t.add_argument("--space", type=int, default=None, help="S, the training space size (default 500; fixed nets: 1)")
+    t.add_argument("--space", type=int, help="S, the training space size (default 500; fixed nets: 1)")
     t.add_argument("--recipe", choices=("understand", "explore"), default="understand",
                    help="the profile's recipe: understand (Secs. 3-4, default) or explore (Sec. 5); "
                         "--set semi=... takes the semi-supervised one")
-    t.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-    t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    t.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    t.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+    t.add_argument("--data-dir", help=DATA_DIR_HELP)
+    t.add_argument("--models-dir", help=MODELS_DIR_HELP)
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--seed", type=int, help="training seed (default 0)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one recipe or spec value, e.g. epochs=2 or seed=1; semi=consistency or "
                         "semi=labelled-only trains with the profile's semi-supervised recipe; repeatable")
@@ -255,9 +247,9 @@ def _run_commands(sub) -> None:
     r = sub.add_parser("reproduce", help="run the notebooks with papermill and write REPORT.md",
                        description="Run the notebooks (notebooks/NN_*.ipynb, all or --notebooks) headless in a "
                                    "profile; results go to results/<profile>/.")
-    r.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-    r.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    r.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
+    r.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+    r.add_argument("--data-dir", help=DATA_DIR_HELP)
+    r.add_argument("--notebooks", nargs="+", help="numbers like 01 03 (default: all)")
     r.add_argument("--no-report", action="store_true", help="skip writing REPORT.md")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value; repeatable")
     r.set_defaults(func=cmd_reproduce)
@@ -269,17 +261,17 @@ def _run_commands(sub) -> None:
     b.set_defaults(func=cmd_bench)
 
     pr = sub.add_parser("profiles", help="show the profiles' values")
-    pr.add_argument("name", nargs="?", default=None)
+    pr.add_argument("name", nargs="?")
     pr.set_defaults(func=cmd_profiles)
 
 
 def _plan_commands(sub) -> None:
     """models and train-all: the plan of the notebooks' models."""
     def plan_arguments(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
-        q.add_argument("--notebooks", nargs="+", default=None, help="numbers like 01 03 (default: all)")
-        q.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-        q.add_argument("--models-dir", default=None, help=MODELS_DIR_HELP)
+        q.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default $NSA_PROFILE or tiny)")
+        q.add_argument("--notebooks", nargs="+", help="numbers like 01 03 (default: all)")
+        q.add_argument("--data-dir", help=DATA_DIR_HELP)
+        q.add_argument("--models-dir", help=MODELS_DIR_HELP)
         q.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (default 0)")
         q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value, as for reproduce; repeatable")
 
@@ -299,19 +291,18 @@ def _plan_commands(sub) -> None:
     plan_arguments(a)
     a.add_argument("--executor", choices=("local", "slurm"), default="local")
     a.add_argument("--jobs", default="auto", help="local workers (default auto: one per GPU, else one per core)")
-    a.add_argument("--threads", type=int, default=None,
-                   help="torch threads per local worker (default: the cores split between the workers, at most "
-                        "$OMP_NUM_THREADS)")
-    a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    a.add_argument("--logs", default=None, help="submitit's job folders (default <models-dir>/.jobs; removed "
-                                                  "after a model's success, kept for a failed one)")
-    a.add_argument("--slurm-config", default=None, help="INI file with a [slurm] section (partition, time, account, ...)")
-    a.add_argument("--partition", default=None, help="slurm partition")
-    a.add_argument("--time", default=None, help="slurm time limit per job (minutes or D-HH:MM:SS; default: the "
-                                                  "profile's, `profiles NAME` shows it)")
-    a.add_argument("--account", default=None, help="slurm account")
-    a.add_argument("--cpus-per-task", type=int, default=None, help="slurm CPUs per job (default: the profile's)")
-    a.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job (default: the profile's)")
+    a.add_argument("--threads", type=int, help="torch threads per local worker (default: the cores split between "
+                                               "the workers, at most $OMP_NUM_THREADS)")
+    a.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    a.add_argument("--logs", help="submitit's job folders (default <models-dir>/.jobs; removed after a model's "
+                                  "success, kept for a failed one)")
+    a.add_argument("--slurm-config", help="INI file with a [slurm] section (partition, time, account, ...)")
+    a.add_argument("--partition", help="slurm partition")
+    a.add_argument("--time", help="slurm time limit per job (minutes or D-HH:MM:SS; default: the profile's, "
+                                  "`profiles NAME` shows it)")
+    a.add_argument("--account", help="slurm account")
+    a.add_argument("--cpus-per-task", type=int, help="slurm CPUs per job (default: the profile's)")
+    a.add_argument("--mem-gb", type=float, help="slurm memory per job (default: the profile's)")
     a.add_argument("--sbatch", action="append", metavar="OPTION", help="extra sbatch option, e.g. --sbatch=--qos=high; repeatable")
     a.add_argument("--dry-run", action="store_true", help="slurm: print the job array's sbatch script, submit nothing")
     a.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print the summary")
@@ -325,18 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         args.profile = os.environ.get("NSA_PROFILE") or "tiny"
     try:
         args.settings = runtime.Settings.from_env()
-    except ValueError as e:
-        print(f"nsa: error: {e}", file=sys.stderr)
-        return 2
-    runtime.keep_freed_memory(args.settings)
-    try:
+        runtime.keep_freed_memory(args.settings)
         return args.func(args)
-    except (KeyError, D.DataMissing) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (KeyError, D.DataMissing, ValueError, FloatingPointError) as e:   # the last: a diverging run (lr too high)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"nsa: error: {msg}", file=sys.stderr)
-        return 2
-    except (ValueError, FloatingPointError) as e:   # the latter: a diverging run (lr too high)
-        print(f"nsa: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:   # the machine's failure (a full disk, no SLURM): what and where, in one line
         where = f": {e.filename}" if e.filename else ""
@@ -345,7 +329,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:   # SIGINT/SIGTERM: the trainer has written a checkpoint
         print(f"nsa: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
-"""`make reproduce`: run the notebooks headless with papermill, then write REPORT.md.
+"""`make reproduce`: run the notebooks headless with papermill, then write REPORT.md, which
+gathers every notebook's claims.json (see experiment.py) into one document.
 
 Each notebook runs from notebooks/ with parameters PROFILE, DATA_DIR, RESULTS_DIR (and
-OVERRIDES for --set values); its executed copy, outputs and all, goes to
-results/<profile>/executed/. Cell output streams to stderr; stdout gets only the report's
-path. The first failing notebook stops the run with one line naming the notebook, the cell
-and the error; its partial executed copy stays for inspection.
-REPORT.md gathers every notebook's claims.json (see experiment.py) into one document.
+OVERRIDES for --set values); its executed copy goes to results/<profile>/executed/. Cell
+output streams to stderr; stdout gets only the report's path. The first failing notebook
+stops the run with one line naming the notebook, the cell and the error; its partial
+executed copy stays for inspection.
 """
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ import os
 import platform
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
 
-from . import runtime
+from . import paths, runtime
 from .claims import (CONFIDENCE, CONVERGED_CHANGE, FAILS, HOLDS, INCONCLUSIVE, N_RESAMPLES, NOT_COMPARABLE,
                      PAPER_CLAIM, UNDERPOWERED, markdown_table, tally_sentence)
 from .experiment import CLAIM_FIELDS, save_timings, saved_timings
-from . import paths
 from .paths import repo_root, results_dir
 from .profiles import get_profile
 
@@ -64,8 +64,7 @@ def _declares(nb: Path, name: str) -> bool:
     """Whether the notebook's `parameters` cell assigns `name`."""
     cells = json.loads(nb.read_text())["cells"]
     return any("parameters" in c.get("metadata", {}).get("tags", []) and
-               any(line.lstrip().startswith(f"{name} ") or line.lstrip().startswith(f"{name}=")
-                   for line in "".join(c["source"]).splitlines())
+               any(line.lstrip().startswith((f"{name} ", f"{name}=")) for line in "".join(c["source"]).splitlines())
                for c in cells)
 
 
@@ -78,10 +77,9 @@ def _shown(path: Path) -> str:
 
 
 def for_notebooks(path: Path) -> str:
-    """`path` as the notebooks' parameters get it: relative to the repository root when it
-    lies under the checkout the kernels import nsa_core from (they resolve relative paths
-    against that root, paths.resolve), so executed notebooks and what they write carry no
-    absolute path of this machine; absolute otherwise."""
+    """`path` as the notebooks' parameters get it: relative to the root of the checkout the
+    kernels import nsa_core from when it lies under it (they resolve it there, paths.resolve),
+    so executed notebooks carry no absolute path of this machine; absolute otherwise."""
     root = repo_root().resolve()
     if not (root / "pyproject.toml").is_file() or not Path(paths.__file__).resolve().is_relative_to(root):
         return str(path)
@@ -107,10 +105,9 @@ def _prepare(profile: str, data_dir: str | None, notebooks: list[str] | None, se
             raise ValueError(f"data folder {data} does not exist; pass an existing --data-dir "
                              "(or leave it out for $NSA_DATA_DIR, else data/ in the repository)")
         data_dir = for_notebooks(data)
-    if sets:
-        blind = [nb.stem for nb in selected if not _declares(nb, "OVERRIDES")]
-        if blind:
-            raise ValueError(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
+    blind = [nb.stem for nb in selected if sets and not _declares(nb, "OVERRIDES")]
+    if blind:
+        raise ValueError(f"--set cannot reach {', '.join(blind)}: no OVERRIDES parameter there")
 
     results = paths.writable_folder(results_dir(), "results folder")
     executed = paths.writable_folder(results / prof.name / "executed", "results folder")
@@ -133,7 +130,6 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
     params = dict(PROFILE=prof.name, DATA_DIR=data_dir, RESULTS_DIR=for_notebooks(results))
     if sets:
         params["OVERRIDES"] = dict(sets)
-    timings: dict[str, float] = {}
     # Kernels inherit the environment. Training bars redraw at most every 2 s, else the
     # executed copies of a long run carry megabytes of progress updates.
     os.environ.setdefault("TQDM_MININTERVAL", "2")
@@ -146,14 +142,10 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
             pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
                                 cwd=str(nb.parent), progress_bar=True,
                                 stdout_file=sys.stderr, stderr_file=sys.stderr)
-        except pm.PapermillExecutionError as e:
-            evalue = " ".join(str(e.evalue).split())
-            print(f"nsa: notebook {nb.stem} failed in cell {e.exec_count}: {e.ename}: {evalue} "
-                  f"(partial output: {_shown(out)})", file=sys.stderr)
-            return 1
-        except DeadKernelError:
-            print(f"nsa: notebook {nb.stem} failed: its kernel died (out of memory?) "
-                  f"(partial output: {_shown(out)})", file=sys.stderr)
+        except (pm.PapermillExecutionError, DeadKernelError) as e:
+            why = (f" in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())}"
+                   if isinstance(e, pm.PapermillExecutionError) else ": its kernel died (out of memory?)")
+            print(f"nsa: notebook {nb.stem} failed{why} (partial output: {_shown(out)})", file=sys.stderr)
             return 1
         except KeyboardInterrupt:   # papermill saves the executed part before this reaches us
             print(f"\nnsa: interrupted in notebook {nb.stem}; its partial output is in {_shown(out)}; "
@@ -162,8 +154,7 @@ def reproduce(profile: str = "tiny", data_dir: str | None = None, notebooks: lis
             return 130
         _relative_paths(out)
         remove_orphans(results / prof.name / nb.stem)
-        timings[nb.stem] = time.time() - t0
-        save_timings(results / prof.name, {nb.stem: timings[nb.stem]})   # kept if a later one fails
+        save_timings(results / prof.name, {nb.stem: time.time() - t0})   # kept if a later one fails
     if report:
         # the report gathers every notebook's latest claims, so it gives every notebook's latest
         # wall time (timings.json), and the plan's last training, not only this call's notebooks
@@ -183,23 +174,21 @@ def _relative_paths(executed: Path) -> None:
     meta = nb.get("metadata", {}).get("papermill", {})
     for key in ("input_path", "output_path"):
         if meta.get(key):
-            try:
+            with suppress(ValueError):   # outside the checkout: nothing of it to keep relative
                 meta[key] = str(Path(meta[key]).resolve().relative_to(repo_root()))
-            except ValueError:   # outside the checkout: nothing of it to keep relative
-                pass
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def remove_orphans(folder: Path) -> list[Path]:
-    """Delete what an earlier run of a notebook wrote and this run did not (a renamed figure,
-    a table no longer made): its claims.json lists every figure and table it wrote. Returns
-    the deleted files."""
+    """Delete what an earlier run of a notebook wrote and this run did not (its claims.json lists
+    every figure and table it wrote); returns the deleted files."""
     record = folder / "claims.json"
     if not record.is_file():
         return []
     r = json.loads(record.read_text())
-    keep = {record.name} | {Path(f).name for f in r["figures"]} | {Path(f).with_suffix(".svg").name for f in r["figures"]}
-    keep |= {Path(t).name for t in r["tables"]}
+    figures = [Path(f) for f in r["figures"]]
+    keep = {record.name, *(f.name for f in figures), *(f.with_suffix(".svg").name for f in figures),
+            *(Path(t).name for t in r["tables"])}
     gone = [f for f in folder.iterdir() if f.is_file() and f.name not in keep]
     for f in gone:
         f.unlink()
@@ -214,19 +203,13 @@ def _hardware() -> list[str]:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    with suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-    from .runtime import device as run_device, precision
-    numerics = precision(run_device())
     return [f"CPU: {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)",
-            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}, "
-            f"precision {numerics} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
+            f"torch {torch.__version__}, Python {platform.python_version()}, device {device}, precision "
+            f"{runtime.precision(runtime.device())} (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)"]
 
 
 def _flat_settings(settings: dict[str, Any]) -> list[list[Any]]:
@@ -251,7 +234,7 @@ def _tally_lines(claims: pd.DataFrame) -> list[str]:
     """The verdict counts, the paper's claims apart from the rest."""
     if not len(claims):
         return ["No claims recorded."]
-    return [f"**{len(claims)} claims tested.** " + tally_sentence(claims) + "."]
+    return [f"**{len(claims)} claims tested.** {tally_sentence(claims)}."]
 
 
 def _verdict_legend() -> list[str]:
@@ -271,9 +254,8 @@ def _verdict_legend() -> list[str]:
 
 
 def changed_verdicts(old: pd.DataFrame, new: pd.DataFrame) -> list[list[Any]]:
-    """Rows (notebook, statement, old verdict, new verdict, old rule, new rule) of the claims,
-    matched by notebook and statement, whose verdict differs between two claims tables; a
-    claim in only one of them shows '-' on the other side."""
+    """Rows (notebook, statement, old verdict, new verdict, old rule, new rule) of the claims whose
+    verdict differs between two tables, matched by notebook and statement ('-' on a missing side)."""
     key = ["notebook", "statement"]
     both = old[key + ["verdict", "rule"]].merge(new[key + ["verdict", "rule"]], on=key, how="outer",
                                                 suffixes=(" old", " new")).fillna("-")
@@ -287,36 +269,32 @@ def _models_table(profile_name: str, notebooks: list[str], data_dir: str | Path 
     declared = [nb[:2] for nb in notebooks if nb in plan.NOTEBOOK_MODELS]
     if not declared:
         return ["None recorded."]
-    items = plan.build_plan(profile_name, declared, None, data_dir)
     rows = []
-    for it in items:
+    for it in plan.build_plan(profile_name, declared, None, data_dir):
         final = it.final()
         rows.append([it.label, it.spec.space, it.spec.recipe.dataset, " ".join(n[:2] for n in it.notebooks),
                      *([final["epochs"], f"{100 * final['test_acc']:.1f} %", _minutes(final["seconds"])]
                        if final else ["", it.describe(), ""])])
     return ["Final test accuracy: BN in test mode, architectures drawn as the model was trained (NSA: one per "
-            "test batch of 128 images, as the authors test), on the profile's test images (the trainer's last evaluation, `history.csv`); training time: the "
-            "model's own, in its worker.", "",
+            "test batch of 128 images, as the authors test), on the profile's test images (the trainer's last "
+            "evaluation, `history.csv`); training time: the model's own, in its worker.", "",
             *_table(rows, ["model", "S", "data", "notebooks", "epochs", "test accuracy", "training time"])]
 
 
 def _settings_lines(profile_name: str, records: list[dict]) -> list[str]:
     """The report's settings section: the profile's, and the notebooks' knobs."""
-    md: list[str] = []
     # the replications' settings: the tour (no claims) trains with its own small ones
     replications = [r for r in records if r["claims"]]
     settings = replications[0]["settings"] if replications else get_profile(profile_name).as_dict()
     differing = sorted({r["notebook"] for r in replications if r["settings"] != settings})
-
-    md += ["", "## Profile settings", ""]
-    md += _table(_flat_settings(settings), ["setting", "value"])
+    md = ["", "## Profile settings", "", *_table(_flat_settings(settings), ["setting", "value"])]
     if differing:
         md += ["", f"Notebooks {', '.join(differing)} ran with other settings than these "
                "(an earlier run with other --set values); rerun them to make the report consistent."]
     knobs = [[r["notebook"], k, v["value"], v["paper"]] for r in records for k, v in r.get("knobs", {}).items()]
     if knobs:
-        md += ["", "Notebook settings (they enter the paper-scale test too):", ""]
-        md += _table(knobs, ["notebook", "setting", "this run", "paper"])
+        md += ["", "Notebook settings (they enter the paper-scale test too):", "",
+               *_table(knobs, ["notebook", "setting", "this run", "paper"])]
     return md
 
 
@@ -325,8 +303,7 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
     """Write <results_dir>/<profile>/REPORT.md and claims.csv from the notebooks' claims.json.
     `timings` (notebook or `train-all` -> seconds) defaults to the ones saved by the last runs."""
     folder = Path(results_dir) / profile_name
-    if timings is None:
-        timings = saved_timings(folder)
+    timings = saved_timings(folder) if timings is None else timings
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/claims.json"))]
 
     # claims.json of older runs has no kind: they were all counted as paper claims
@@ -358,14 +335,11 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
         md += ["", "### Verdicts changed since the previous report", ""]
         md += _table(changed, ["notebook", "statement", "before", "now", "rule before", "rule now"]) if changed \
             else ["None."]
-    notes = [(r["notebook"], n) for r in records for n in r["notes"]]
-    md += ["", "## Notes", ""]
-    md += [f"- {nb}: {n}" for nb, n in notes] or ["None."]
+    md += ["", "## Notes", "", *([f"- {r['notebook']}: {n}" for r in records for n in r["notes"]] or ["None."])]
     md += ["", "## Figures", ""]
     for r in records:
         if r["figures"]:
-            md += [f"### {r['notebook']}", ""]
-            md += [f"![{Path(f).stem}]({quote(f)})" for f in r["figures"]] + [""]
+            md += [f"### {r['notebook']}", "", *[f"![{Path(f).stem}]({quote(f)})" for f in r["figures"]], ""]
     md += ["## Notebooks", ""]
     md += [f"- [{r['notebook']}](executed/{r['notebook']}.ipynb) (finished {r['finished']}; tables: "
            + (", ".join(f"[{Path(t).name}]({quote(t)})" for t in r["tables"]) or "none") + ")" for r in records]
@@ -376,9 +350,8 @@ def write_report(profile_name: str, results_dir: str | Path, timings: dict[str, 
 
 def update_readme(profile_name: str, results_dir: str | Path, readme: Path | None = None) -> bool:
     """Replace the README block between `<!-- claims:PROFILE:start -->` and
-    `<!-- claims:PROFILE:end -->` with this profile's claims table and wall time, so the
-    README shows the committed run's numbers, generated rather than copied by hand.
-    Returns whether the README has such a block."""
+    `<!-- claims:PROFILE:end -->` with this profile's claims table and wall time, generated
+    rather than copied by hand. Returns whether the README has such a block."""
     readme = readme or repo_root() / "README.md"
     start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
     text = readme.read_text() if readme.is_file() else ""
@@ -386,17 +359,13 @@ def update_readme(profile_name: str, results_dir: str | Path, readme: Path | Non
         return False
     folder = Path(results_dir) / profile_name
     claims = pd.read_csv(folder / "claims.csv")
-    timings_path = folder / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    block = [start, "",
-             f"Generated from [results/{profile_name}/REPORT.md](results/{profile_name}/REPORT.md) "
-             f"(total wall time {_minutes(sum(timings.values()))}; hardware and settings there).", ""]
     if "kind" not in claims:
         claims["kind"] = PAPER_CLAIM
-    block += _tally_lines(claims) + [""]
-    block += _table(claims[["notebook", "statement", "paper", "reproduced", "verdict", "kind"]].values.tolist(),
-                    ["notebook", "statement", "paper", "reproduced", "verdict", "kind"])
-    block += ["", end]
+    columns = ["notebook", "statement", "paper", "reproduced", "verdict", "kind"]
+    block = [start, "",
+             f"Generated from [results/{profile_name}/REPORT.md](results/{profile_name}/REPORT.md) "
+             f"(total wall time {_minutes(sum(saved_timings(folder).values()))}; hardware and settings there).", "",
+             *_tally_lines(claims), "", *_table(claims[columns].values.tolist(), columns), "", end]
     head, rest = text.split(start, 1)
     readme.write_text(head + "\n".join(block) + rest.split(end, 1)[1])
     return True

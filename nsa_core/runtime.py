@@ -1,8 +1,8 @@
-"""The machine a run uses: the device, the numeric precision, and how this machine runs the
-suite (`Settings`: the stage path, torch.compile of the nodes, the process-wide memory
-setting). Nothing here runs at import. The environment is read once, at the entry points
-(the CLI, a notebook's setup, `reproduce`, the benchmark, a train-all worker), into a
-Settings that they hand down; the library below them reads no environment variable.
+"""The machine a run uses: the device, the numeric precision, and `Settings` (the stage path,
+torch.compile of the nodes, the process-wide memory setting). Nothing here runs at import.
+The entry points (the CLI, a notebook's setup, `reproduce`, the benchmark, a train-all
+worker) read the environment once into a Settings that they hand down; the library below
+them reads no environment variable.
 """
 from __future__ import annotations
 
@@ -23,18 +23,16 @@ STAGE_PATHS = ("auto", "fast", "reference")
 
 @dataclass(frozen=True)
 class Settings:
-    """How this machine runs the suite; the defaults are what the entry points use when the
-    environment says nothing (NSA_STAGE, NSA_COMPILE, NSA_MALLOC).
+    """How this machine runs the suite (NSA_STAGE, NSA_COMPILE, NSA_MALLOC; the defaults when unset).
 
     stage: 'fast' (fast_stage's gathers), 'reference' (network.Stage's readable loop) or
       'auto': fast on the CPU, where `make bench` measured it 1.05x (a fixed wiring) to 1.37x
-      (NSA-id) the reference, and the reference on CUDA, where the two have not been compared
+      (NSA-id) the reference; the reference on CUDA, where the two have not been compared
       (bench/gpu_check.sh times both).
-    compile: '1' torch.compile every node, '0' not, 'auto' on CUDA only. On the CPU the fast
-      stage never calls the node modules, so compiling them changes nothing there; with the
-      reference stage, compiled nodes cost about 20 s of compiling per model and were no faster
-      (NSA-i S = 500, width 1, 4 nodes, batch 128, one thread, AMD EPYC, fp32: fast stage
-      324 img/s, reference 295, reference with compiled nodes 286).
+    compile: '1' torch.compile every node, '0' not, 'auto' on CUDA only. The CPU's fast stage
+      never calls the node modules; with the reference stage, compiled nodes cost about 20 s of
+      compiling per model and were no faster (NSA-i S = 500, width 1, 4 nodes, batch 128, one
+      thread, AMD EPYC, fp32: fast stage 324 img/s, reference 295, compiled nodes 286).
     keep_freed: the entry points let the process keep the memory it frees (keep_freed_memory)."""
     stage: str = "auto"
     compile: str = "auto"
@@ -70,7 +68,7 @@ GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
 def device(name: str | torch.device | None = None) -> torch.device:
     """`name` checked ('cpu', 'cuda', 'cuda:1'), or CUDA when available, else the CPU.
     A device that does not exist here is the user's error: ValueError in one line."""
-    if name is None or name == "":
+    if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
@@ -107,9 +105,7 @@ def precision(dev: torch.device, asked: str = "auto") -> str:
 
 def autocast(dev: torch.device, asked: str = "auto") -> ContextManager:
     """The autocast context of `precision(dev, asked)`."""
-    if precision(dev, asked) == "bf16":
-        return torch.autocast(dev.type, dtype=torch.bfloat16)
-    return nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if precision(dev, asked) == "bf16" else nullcontext()
 
 
 def compile_nodes(model: WiredNet, dev: torch.device, settings: Settings = Settings()) -> WiredNet:
@@ -126,15 +122,14 @@ def compile_nodes(model: WiredNet, dev: torch.device, settings: Settings = Setti
 
 
 def keep_freed_memory(settings: Settings = Settings()) -> bool:
-    """Let this process keep the memory it frees (glibc only; NSA_MALLOC=0 opts out).
+    """Let this process keep the memory it frees (glibc only; NSA_MALLOC=0 opts out); returns
+    whether the setting was applied.
 
-    PyTorch's CPU tensors come straight from malloc, and glibc hands every block above
-    32 MiB back to the OS when it is freed, so the next one page-faults its way in again,
-    4 KiB at a time: at batch 128 a training step took 12,000-24,000 page faults, and a
-    640-image forward cost 1.7x per image what a 128-image forward did (`make bench` shows
-    the faults per step with and without). The price: the process keeps its peak memory
-    until it exits, which is why only the suite's entry points call this, never an import.
-    Returns whether the setting was applied."""
+    glibc hands every freed block above 32 MiB (PyTorch's CPU tensors come straight from malloc)
+    back to the OS, so the next one page-faults its way in again, 4 KiB at a time: at batch 128
+    a training step took 12,000-24,000 page faults, and a 640-image forward cost 1.7x per image
+    what a 128-image forward did (`make bench` shows the faults per step with and without). The
+    process keeps its peak memory until it exits: only the entry points call this, never an import."""
     if sys.platform != "linux" or not settings.keep_freed:
         return False
     try:

@@ -1,22 +1,19 @@
 """Train every model a plan needs, in parallel: N worker processes on this machine, or one
 SLURM job array, both through submitit.
 
-A worker is a `TrainJob`: it sets its thread count, then asks the model cache for its spec
-(`cache.obtain`), so the cache's folder lock keeps two workers, notebooks or commands from
-training one model at once, and a model that is partly trained resumes from its last
-checkpoint.
+A worker (`TrainJob`) gets its model from the model cache (`cache.obtain`), whose folder lock
+keeps two workers, notebooks or commands from training one model at once; a partly trained
+model resumes from its last checkpoint.
 
 Stopping. Locally, submitit starts a controller process per job, which starts the worker.
-The controllers are started with SIGINT ignored, so a Ctrl-C at the terminal (which reaches
-every process of the foreground group) does not make them print a traceback and kill their
-worker before it has checkpointed; the workers take the SIGINT themselves. `train_local`
-answers SIGINT and SIGTERM by sending SIGTERM to each controller, which forwards it to its
-worker; a worker checkpoints at its next step and ends, and the parent prints one line per
-interrupted model. A worker whose parent dies without a word (SIGKILL) sees it go and stops
-the same way, so no worker outlives the command. On SLURM, SIGTERM and the time-limit signal
-(USR2) belong to submitit: at a time limit or on preemption the trainer checkpoints at its
-next step and hands over to submitit, which requeues the job (`TrainJob.checkpoint`), and the
-requeued job resumes from that step.
+The controllers ignore SIGINT, so a Ctrl-C at the terminal (which reaches the whole
+foreground group) does not make them print a traceback and kill their worker before it has
+checkpointed; the workers take the SIGINT themselves. `train_local` answers SIGINT and
+SIGTERM with SIGTERM to each controller, which forwards it to its worker: the worker
+checkpoints at its next step and ends. A worker whose parent dies without a word (SIGKILL)
+stops the same way, so no worker outlives the command. On SLURM, SIGTERM and the time-limit
+signal (USR2) belong to submitit: at a time limit or on preemption the trainer checkpoints at
+its next step and submitit requeues the job (`TrainJob.checkpoint`), which resumes from it.
 """
 from __future__ import annotations
 
@@ -33,7 +30,8 @@ from collections import deque
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterator
 
 import submitit
 import torch
@@ -51,6 +49,7 @@ if TYPE_CHECKING:   # the workers unpickle this module: they need not import the
 CPU_THREADS_THAT_PAY = 1
 LOCAL_TIMEOUT_MIN = 60 * 24 * 30   # submitit's local default (2 minutes) would kill every training
 TAIL_LINES = 12
+LOCAL_POLL_S, SLURM_POLL_S = 0.2, 60.0   # how often the parent looks at its jobs
 STOP_RESEND_S = 5.0     # a worker still starting up may miss a stop: it is sent again this often
 ORPHAN_GRACE_S = 60.0   # an orphaned worker that has not stopped after its SIGTERM is killed
 LOADED, WAITED, TRAINED, INTERRUPTED, FAILED = "loaded", "waited", "trained", "interrupted", "failed"
@@ -66,7 +65,7 @@ def cores() -> int:
 def default_jobs(device: str | None = None) -> int:
     """Workers that pay on this machine: one per GPU on CUDA, else the cores divided by the
     threads that pay per worker."""
-    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+    if device.startswith("cuda") if device else torch.cuda.is_available():
         return max(1, torch.cuda.device_count())
     return max(1, cores() // CPU_THREADS_THAT_PAY)
 
@@ -107,9 +106,9 @@ def _wait_for_exit(*pids: int) -> None:
 
 
 def _stop_when_orphaned(owner: int) -> None:
-    """Stop this worker when `owner` (the train-all process) or the submitit controller
-    between them exits, however it died: SIGTERM to itself, so the trainer checkpoints at its
-    next step and ends; SIGKILL if it has not ended ORPHAN_GRACE_S later."""
+    """When `owner` (the train-all process) or the submitit controller between them exits,
+    however it died, SIGTERM this worker (the trainer checkpoints at its next step and ends),
+    and SIGKILL it if it has not ended ORPHAN_GRACE_S later."""
     controller = os.getppid()
 
     def watch() -> None:
@@ -123,11 +122,10 @@ def _stop_when_orphaned(owner: int) -> None:
 
 class TrainJob(submitit.helpers.Checkpointable):
     """One model, trained (or resumed, or found finished) through the model cache. Picklable:
-    submitit sends it to the worker; at a time limit or on preemption its `checkpoint`
-    (inherited) resubmits it as it is, and the requeued job resumes from the trainer's last
-    checkpoint. `owner`: the local train-all process, whose death stops the worker.
-    `preemptible` (SLURM): SIGTERM is submitit's (it precedes a preemption's USR2); locally
-    SIGTERM is how the parent stops its workers."""
+    submitit sends it to the worker, and at a time limit or on preemption the inherited
+    `checkpoint` resubmits it as it is. `owner`: the local train-all process, whose death stops
+    the worker. `preemptible` (SLURM): SIGTERM is submitit's (it precedes a preemption's USR2);
+    locally SIGTERM is how the parent stops its workers."""
 
     def __init__(self, spec_json: str, models_dir: str, data_dir: str | None, device: str | None,
                  threads: int, owner: int | None = None, preemptible: bool = False) -> None:
@@ -143,11 +141,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         # the controller that started this process ignores SIGINT (train_local), and so would
         # this process: a Ctrl-C stops a worker
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if self.preemptible:
-            policy = StopSignals(stop=(signal.SIGINT,), hand_over=(requeue,))
-        else:
+        if not self.preemptible:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)   # before training, nothing to save: just end
-            policy = StopSignals(stop=(signal.SIGINT, signal.SIGTERM), hand_over=(requeue,))
+        stop = (signal.SIGINT,) if self.preemptible else (signal.SIGINT, signal.SIGTERM)
         if self.owner is not None:
             _stop_when_orphaned(self.owner)
         os.environ["OMP_NUM_THREADS"] = str(self.threads)   # for anything this worker starts
@@ -158,8 +154,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         settings = runtime.Settings.from_env()   # a worker is an entry point: it reads the environment
         runtime.keep_freed_memory(settings)
         try:
-            got = obtain(spec, self.models_dir, self.data_dir, self.device, progress=False, signals=policy,
-                         settings=settings)
+            got = obtain(spec, self.models_dir, self.data_dir, self.device, progress=False,
+                         signals=StopSignals(stop=stop, hand_over=(requeue,)), settings=settings)
         except KeyboardInterrupt:   # the trainer's Interrupted: its checkpoint is written
             return dict(state=INTERRUPTED, seconds=time.time() - t0)
         return dict(state=got.how, seconds=time.time() - t0, test_acc=float(got.history.test_acc.iloc[-1]),
@@ -182,12 +178,6 @@ class Outcome:
         return self.state in (LOADED, WAITED, TRAINED)
 
 
-def log_tail(path: Path | None, n: int = TAIL_LINES) -> tuple[str, ...]:
-    if path is None or not path.is_file():
-        return ()
-    return tuple(path.read_text(errors="replace").splitlines()[-n:])
-
-
 def _job(item: Item, models_dir: Path, data_dir: Path | None, device: str | None, threads: int,
          owner: int | None = None, preemptible: bool = False) -> TrainJob:
     return TrainJob(item.spec.to_json(), str(models_dir), str(data_dir) if data_dir else None, device, threads,
@@ -195,17 +185,16 @@ def _job(item: Item, models_dir: Path, data_dir: Path | None, device: str | None
 
 
 def _outcome(item: Item, job: submitit.Job, t0: float, stopping: bool = False) -> Outcome:
-    seconds = time.time() - t0
+    seconds, log, job_id = time.time() - t0, job.paths.stderr, str(job.job_id)
     try:
         result = job.result()
     except Exception as e:   # a failed or killed worker: its log says why
         if stopping:          # killed by the stop before it had anything to save
-            return Outcome(item, INTERRUPTED, seconds, job.paths.stderr, job_id=str(job.job_id))
+            return Outcome(item, INTERRUPTED, seconds, log, job_id=job_id)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return Outcome(item, FAILED, seconds, job.paths.stderr, error=first,
-                       tail=log_tail(job.paths.stderr), job_id=str(job.job_id))
-    return Outcome(item, result["state"], seconds, job.paths.stderr, test_acc=result.get("test_acc"),
-                   job_id=str(job.job_id))
+        tail = tuple(log.read_text(errors="replace").splitlines()[-TAIL_LINES:]) if log.is_file() else ()
+        return Outcome(item, FAILED, seconds, log, error=first, tail=tail, job_id=job_id)
+    return Outcome(item, result["state"], seconds, log, test_acc=result.get("test_acc"), job_id=job_id)
 
 
 @contextmanager
@@ -224,40 +213,14 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while submitit starts a controller: an ignored signal stays ignored across
-    exec, so the controller inherits it (see the module's docstring)."""
+def _handled(handler: Any, *signums: int) -> Iterator[None]:
+    """`handler` for `signums` meanwhile; nothing changes off the main thread, which cannot set one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old = {s: signal.signal(s, handler) for s in signums}
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-class _StopRequest:
-    """SIGINT or SIGTERM of the parent, noted rather than raised, so that the loop stops its
-    workers and waits for their checkpoints."""
-
-    def __init__(self) -> None:
-        self.sig: int | None = None
-        self.sent = 0.0
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.sig = signum
-
-
-@contextmanager
-def _stop_requests() -> Iterator[_StopRequest]:
-    stop = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -283,35 +246,25 @@ def progress_line(n: int, total: int, out: Outcome) -> str:
     return "\n".join(lines + [f"     | {line}" for line in out.tail])
 
 
-def _remove_job_folder(job: submitit.Job, logs: Path) -> None:
-    folder = Path(job.paths.folder)
-    if folder.parent == logs and folder.is_dir():   # never anything but this run's own job folder
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path | None = None,
-                device: str | None = None, threads: int | None = None, logs: Path | None = None,
-                report: Callable[[str], None] = say, poll: float = 0.2) -> list[Outcome]:
+def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path | None, device: str | None,
+                threads: int, logs: Path) -> list[Outcome]:
     """Train `items` with `jobs` worker processes on this machine (submitit's LocalExecutor),
-    each with `threads` torch threads (default: worker_threads). A failed model is reported
-    and the others go on. SIGINT or SIGTERM stops the workers at their next step (INTERRUPTED
-    outcomes, nothing more is started). The job folders of the models that did not fail are
-    removed at the end; those of failed ones are kept for their logs."""
-    threads = threads or worker_threads(jobs)
-    logs = Path(logs or models_dir / ".jobs")
-    gpus = torch.cuda.device_count() if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else 0
+    `threads` torch threads each, their job folders in `logs` (kept only for the logs of failed
+    models). A failed model is reported and the others go on; SIGINT or SIGTERM stops the
+    workers at their next step (INTERRUPTED outcomes; nothing more is started)."""
+    gpus = torch.cuda.device_count() if (device.startswith("cuda") if device else torch.cuda.is_available()) else 0
     executor = submitit.LocalExecutor(folder=logs / "%j")
     queue, total = deque(enumerate(items, 1)), len(items)
     running: dict[int, tuple[int, Item, submitit.Job, float]] = {}
     free, outcomes, ended = list(range(jobs)), [], []
-    with _stop_requests() as stop:
+    # the parent's SIGINT or SIGTERM is noted rather than raised: the loop stops the workers and waits for them
+    stop = SimpleNamespace(sig=None, sent=0.0)
+    with _handled(lambda signum, frame: setattr(stop, "sig", signum), signal.SIGINT, signal.SIGTERM):
         while (queue and not stop.sig) or running:
             if stop.sig and time.time() - stop.sent > STOP_RESEND_S:
                 for _, _, job, _ in running.values():   # the controller forwards SIGTERM to its worker
-                    try:
+                    with suppress(ProcessLookupError):
                         os.kill(int(job.job_id), signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
                 stop.sent = time.time()
             while queue and free and not stop.sig:
                 slot = free.pop(0)
@@ -319,31 +272,34 @@ def train_local(items: list[Item], jobs: int, models_dir: Path, data_dir: Path |
                 # one GPU per worker, round robin; no GPU at all for CPU workers
                 executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=1 if gpus else 0,
                                            visible_gpus=[slot % gpus] if gpus else ())
-                with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)), _sigint_ignored():
+                # the controller inherits SIGINT ignored (an ignored signal stays ignored across exec)
+                with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)), \
+                        _handled(signal.SIG_IGN, signal.SIGINT):
                     job = executor.submit(_job(item, models_dir, data_dir, device, threads, owner=os.getpid()))
-                report(f"nsa: [{n}/{total}] started {item.name} ({item.describe()}; worker {slot + 1}/{jobs}, "
-                       f"{threads} thread(s); log {job.paths.stderr})")
+                say(f"nsa: [{n}/{total}] started {item.name} ({item.describe()}; worker {slot + 1}/{jobs}, "
+                    f"{threads} thread(s); log {job.paths.stderr})")
                 running[slot] = (n, item, job, time.time())
             for slot, (n, item, job, t0) in list(running.items()):
                 if job.done():
                     outcomes.append(_outcome(item, job, t0, stopping=stop.sig is not None))
                     ended.append(job)
-                    report(progress_line(n, total, outcomes[-1]))
+                    say(progress_line(n, total, outcomes[-1]))
                     if outcomes[-1].state == INTERRUPTED and stop.sig is None:   # a Ctrl-C the parent missed
                         stop.sig = signal.SIGINT
                     del running[slot]
                     free.append(slot)
-            time.sleep(poll)
+            time.sleep(LOCAL_POLL_S)
         if stop.sig and queue:
-            report(f"nsa: {len(queue)} model(s) not started; rerun to train them")
+            say(f"nsa: {len(queue)} model(s) not started; rerun to train them")
             outcomes += [Outcome(item, INTERRUPTED, 0.0) for _, item in queue]
     for job, out in zip(ended, outcomes):
-        if out.state != FAILED:
-            _remove_job_folder(job, logs)
+        folder = Path(job.paths.folder)
+        if out.state != FAILED and folder.parent == logs and folder.is_dir():   # only this run's job folders
+            shutil.rmtree(folder, ignore_errors=True)
     with suppress(OSError):   # submitit's controller makes the folder pattern itself, empty
         (logs / "%j").rmdir()
     if any(o.state == FAILED for o in outcomes):
-        report(f"nsa: the job folders of the failed models, with their logs, are kept in {logs}")
+        say(f"nsa: the job folders of the failed models, with their logs, are kept in {logs}")
     return outcomes
 
 
@@ -355,8 +311,7 @@ def summary(outcomes: list[Outcome], skipped: list[Item] = ()) -> list[str]:
         result = f"{said[o.state]} (acc {o.test_acc:.4f})" if o.ok else o.state.upper()
         rows.append((o.item.label, str(o.item.spec.space), o.item.key, result, f"{o.seconds:.0f}",
                      str(o.log or "") if not o.ok else ""))
-    for it in skipped:
-        rows.append((it.label, str(it.spec.space), it.key, it.describe(), "", it.note))
+    rows += [(it.label, str(it.spec.space), it.key, it.describe(), "", it.note) for it in skipped]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     failed = sum(not o.ok for o in outcomes)
@@ -381,14 +336,11 @@ def minutes(text: str | int) -> int:
         parts = [int(p) for p in clock.split(":")]
         d = int(days) if dash else 0
     except ValueError:
-        raise ValueError(f"time takes minutes, H:MM:SS or D-HH:MM:SS, got {text!r}") from None
-    if dash:   # after the days, the clock starts with hours
-        parts = (parts + [0, 0])[:3]
-    else:
-        parts = ([0, 0] + parts)[-3:] if len(parts) == 3 else [0] + (parts + [0])[:2]
-    if len(parts) != 3 or len(clock.split(":")) > 3:
+        parts = []
+    if not 1 <= len(parts) <= 3:
         raise ValueError(f"time takes minutes, H:MM:SS or D-HH:MM:SS, got {text!r}")
-    h, m, s = parts
+    # after the days the clock starts with hours, else with minutes unless it has all three
+    h, m, s = (parts + [0, 0])[:3] if dash or len(parts) == 3 else [0, *parts, 0][:3]
     return d * 24 * 60 + h * 60 + m + (s > 0)
 
 
@@ -445,9 +397,8 @@ def slurm_parameters(opts: dict[str, Any], job_name: str) -> dict[str, Any]:
                                   signal_delay_s=opts["signal_delay_s"],
                                   setup=[f"export OMP_NUM_THREADS={opts['cpus_per_task']}", *setup],
                                   additional_parameters=_extra_sbatch(opts.get("sbatch")))
-    for key in ("partition", "account", "gpus_per_node"):   # no GPU line at all for a CPU profile
-        if opts.get(key):
-            params[key] = opts[key]
+    # no GPU line at all for a CPU profile
+    params |= {key: opts[key] for key in ("partition", "account", "gpus_per_node") if opts.get(key)}
     if opts.get("mem_gb"):
         params["mem"] = f"{opts['mem_gb']:g}GB"
     return params
@@ -473,8 +424,7 @@ def require_slurm() -> None:
 
 
 def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data_dir: Path | None,
-                 logs: Path, job_name: str = "nsa", report: Callable[[str], None] = say
-                 ) -> list[tuple[Item, submitit.Job]]:
+                 logs: Path, job_name: str = "nsa") -> list[tuple[Item, submitit.Job]]:
     """The models as one SLURM job array, each task one model with the options' resources. A
     model whose job from an earlier call is still queued or running is not submitted again
     (logs/jobs.tsv remembers the jobs)."""
@@ -486,7 +436,7 @@ def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data
         if item.key in known:
             state = submitit.SlurmJob(logs / "%j", known[item.key]).state
             if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"):
-                report(f"nsa: {item.name} already has job {known[item.key]} ({state}); not submitted again")
+                say(f"nsa: {item.name} already has job {known[item.key]} ({state}); not submitted again")
                 continue
         todo.append(item)
     if not todo:
@@ -499,21 +449,19 @@ def submit_slurm(items: list[Item], opts: dict[str, Any], models_dir: Path, data
     with open(record, "a") as f:
         f.writelines(f"{it.key}\t{job.job_id}\n" for it, job in zip(todo, jobs))
     for it, job in zip(todo, jobs):
-        report(f"nsa: submitted {it.name} as job {job.job_id} (log {job.paths.stderr})")
+        say(f"nsa: submitted {it.name} as job {job.job_id} (log {job.paths.stderr})")
     return list(zip(todo, jobs))
 
 
-def wait_for(jobs: list[tuple[Item, submitit.Job]], report: Callable[[str], None] = say,
-             poll: float = 60.0) -> list[Outcome]:
+def wait_for(jobs: list[tuple[Item, submitit.Job]]) -> list[Outcome]:
     """Wait for submitted jobs, reporting each as it ends."""
-    t0, pending, outcomes = time.time(), list(enumerate(jobs, 1)), []
+    t0, pending, outcomes = time.time(), dict(enumerate(jobs, 1)), []
     while pending:
-        for entry in list(pending):
-            n, (item, job) = entry
+        for n, (item, job) in list(pending.items()):
             if job.done():
                 outcomes.append(_outcome(item, job, t0))
-                report(progress_line(n, len(jobs), outcomes[-1]))
-                pending.remove(entry)
+                say(progress_line(n, len(jobs), outcomes[-1]))
+                del pending[n]
         if pending:
-            time.sleep(poll)
+            time.sleep(SLURM_POLL_S)
     return outcomes
