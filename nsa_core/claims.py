@@ -411,8 +411,7 @@ def gate(curves: Mapping[str, pd.DataFrame], batches: Mapping[str, int], rule: s
     texts = {text for _, text in states.values()}
     said = f"every model: {texts.pop()}" if len(texts) == 1 and len(states) > 1 else \
         "; ".join(f"{name}: {text}" for name, (_, text) in states.items())
-    change = (f"test accuracy's change over the last fifth of training (converged: within "
-              f"+-{CONVERGED_CHANGE}) {said}")
+    change = f"test accuracy's change over the last fifth of training (converged: within +-{CONVERGED_CHANGE}) {said}"
     if rule == "converged":
         return Gate(all(c for c, _ in states.values()), f"judged only when every compared model converged; {change}")
     budgets = {(int(c.step.max()), batches[name]) for name, c in curves.items()}

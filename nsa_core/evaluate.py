@@ -50,10 +50,9 @@ def _restore_training_flags(flags: list[tuple[nn.Module, bool]]) -> None:
 
 @contextlib.contextmanager
 def bn_mode(model: nn.Module, mode: str):
-    """Evaluate with BN in 'test' mode (running statistics) or 'train' mode (each batch's
-    own statistics). Either way no running statistic, counter or parameter changes: in
-    'train' mode BN layers stop tracking, so PyTorch normalises by the batch and writes
-    nothing. Dropout follows model.eval() (see `mc_dropout`)."""
+    """Evaluate with BN in 'test' mode (running statistics) or 'train' mode (each batch's own
+    statistics; BN layers stop tracking, so no running statistic or counter is written).
+    Dropout follows model.eval() (see `mc_dropout`)."""
     if mode not in ("train", "test"):
         raise ValueError(f"bn mode must be 'train' or 'test', got {mode!r}")
     flags = _training_flags(model)
@@ -168,8 +167,7 @@ def _forward(model: WiredNet, x: torch.Tensor, idx: torch.Tensor | None, wirings
 def _seeded(seed: int):
     """Torch's global RNG (dropout's) seeded for the block and restored afterwards, so MC
     dropout is reproducible and the caller's random stream is untouched."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         yield
 
@@ -223,8 +221,7 @@ def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, nor
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
-    loss = torch.zeros(T, dtype=torch.float64, device=dev)
-    correct = torch.zeros(T, dtype=torch.float64, device=dev)
+    loss, correct = torch.zeros(2, T, dtype=torch.float64, device=dev)
     if bn == "test":
         chunks = _pairs(T, n, batch)
     elif mixed:
@@ -388,7 +385,7 @@ def attacked_members(model: WiredNet, images: torch.Tensor, labels: torch.Tensor
     dev = _device(model)
     gen = torch.Generator(device=dev).manual_seed(seed)
     chunk = max(1, batch // T)
-    clean, adv, y_all = [], [], []
+    clean, adv = [], []
     with _seeded(seed):   # fresh dropout masks come from torch's global RNG: reproducible, restored after
         for s in range(0, n, chunk):
             x = D.to_unit(images[s:s + chunk].to(dev))
@@ -398,8 +395,7 @@ def attacked_members(model: WiredNet, images: torch.Tensor, labels: torch.Tensor
             with torch.no_grad():
                 clean.append(members(x).cpu())
                 adv.append(members(x_adv).cpu())
-            y_all.append(y.cpu())
-    return torch.cat(clean, 1), torch.cat(adv, 1), torch.cat(y_all)
+    return torch.cat(clean, 1), torch.cat(adv, 1), labels.cpu().clone()
 
 
 __all__ = ["arch_scores", "attacked_members", "batch_mean_variance", "bn_mode", "ensemble_curve", "ensemble_members",

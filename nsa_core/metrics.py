@@ -3,14 +3,14 @@
 Every function takes predicted *probabilities* (rows sum to 1), never logits: an ensemble's
 prediction is the average of its members' softmax, and averaging logits instead would be a
 different model, so logits raise instead of giving a silently wrong number. torchmetrics
-computes ECE, scikit-learn ROC AUC and scipy Spearman's rho.
+computes ECE and scikit-learn ROC AUC.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -21,11 +21,9 @@ def _check(probs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         raise ValueError(f"probs must have shape [..., N, C], got {tuple(probs.shape)}")
     # Averaged float32 softmax rows sum to 1 to about 1e-6; 1e-3 still catches logits.
     if probs.numel() and (probs.min() < 0 or probs.max() > 1 or (probs.sum(-1) - 1).abs().max() > 1e-3):
-        raise ValueError("probs must be probabilities (in [0, 1], rows summing to 1); "
-                         "apply softmax to logits first")
+        raise ValueError("probs must be probabilities (in [0, 1], rows summing to 1); apply softmax to logits first")
     if labels is not None and labels.shape != probs.shape[:1]:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match probs "
-                         f"shape {tuple(probs.shape)}")
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match probs shape {tuple(probs.shape)}")
 
 
 def _as_tensors(probs: ArrayLike, labels: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +118,7 @@ def mutual_information(member_probs: ArrayLike) -> torch.Tensor:
 
 
 def _flat_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64).reshape(-1)
+    return np.asarray(x.detach().cpu().double() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
 
 
 def auc(negatives: ArrayLike, positives: ArrayLike) -> float:
@@ -135,15 +131,10 @@ def auc(negatives: ArrayLike, positives: ArrayLike) -> float:
     return float(roc_auc_score(y, np.concatenate([neg, pos])))
 
 
-def spearman(a: ArrayLike, b: ArrayLike) -> float:
-    """Spearman's rank correlation between paired scores (NaN if either is constant)."""
-    return float(spearmanr(_flat_numpy(a), _flat_numpy(b)).statistic)
-
-
 # ------------------------------------------------------------------ row-wise (bootstrap) forms
 # The bootstrap scores a statistic on a thousand resamples at once: these reduce the last axis
 # (the units: test images, architectures) of arrays whose leading axes are the resamples. Each
-# equals its readable form above on one row (tests/test_metrics.py). Ranks: ties get their average.
+# equals its readable form (above, or scipy's) on one row (tests/test_metrics.py). Ranks: ties get their average.
 
 def auc_rows(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """`auc` of every row: [..., n] negatives and [..., m] positives -> [...]; the
@@ -156,7 +147,7 @@ def auc_rows(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`spearman` of every row: Pearson's r of the ranks, NaN where a row is constant."""
+    """Spearman's rho of every row: Pearson's r of the ranks, NaN where a row is constant."""
     a, b = (rankdata(np.asarray(x, float), axis=-1) for x in (a, b))
     a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
