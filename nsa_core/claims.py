@@ -1,16 +1,15 @@
 """Claims with their uncertainty: the bootstrap, the verdict rules and their thresholds, the
 training gate (convergence, matched budgets), and how a table of claims is rendered.
 
-Intervals. Every reproduced number that decides a verdict carries a 95 % bootstrap interval
-over the units it averages: test images, architectures, or both samples independently when two
-groups are compared (seen vs unseen architectures, in- vs out-of-distribution images). Two
-models on the same test images are compared *paired*: each resample scores both on the same
-images. The interval is the percentile interval, which holds the plug-in estimate whenever the
-statistic's bias is small beside its spread. Where it is not (the ECE of a well calibrated
-model: the resamples' ECEs all lie above the plug-in one), the estimate reported is the
-bias-corrected one, 2 x plug-in - median of the resamples, with the basic interval
-[2 x plug-in - q97.5, 2 x plug-in - q2.5], which holds it by construction; the text then says
-"bias-corrected" and gives the plug-in value.
+Intervals. Every number that decides a verdict carries a 95 % bootstrap interval over the
+units it averages (test images, architectures); two groups (seen vs unseen architectures, in-
+vs out-of-distribution images) are resampled independently, two models on the same test images
+*paired* (each resample scores both on the same images). It is the percentile interval, which
+holds the plug-in estimate when the statistic's bias is small beside its spread. Where it is
+not (the ECE of a well calibrated model: the resamples' ECEs all lie above the plug-in one),
+the estimate is the bias-corrected 2 x plug-in - median of the resamples, with the basic
+interval [2 x plug-in - q97.5, 2 x plug-in - q2.5], which holds it by construction; the text
+then says "bias-corrected" and gives the plug-in value.
 
 Verdicts, on the interval of a number oriented so that positive is the paper's direction:
 - an ordering (`verdict`): *holds* above zero, *does not hold* below, else *inconclusive*;
@@ -22,14 +21,13 @@ Verdicts, on the interval of a number oriented so that positive is the paper's d
 
 The training gate. A model has *converged* when its test accuracy changes by less than
 +-CONVERGED_CHANGE over the last fifth of training (the slope of its test curve there times a
-fifth, with a bootstrap interval over the curve's points). Sec. 5's claims rank methods that
-learn at different speeds (shared weights over S architectures, per-architecture parameters,
-stand-alone networks) by their final numbers, so they are judged only when every compared model
-converged ("converged"). The claims of Secs. 3-4 compare models of one training procedure (NSA
-and NSA-i differ only in their sampling rule; BN modes, seen and unseen architectures are one
-model evaluated two ways), as the paper's own curves do along training: they are judged at
-matched budgets (the same steps of the same batch) and say whether the models converged
-("matched").
+fifth, bootstrap over the curve's points). Sec. 5's claims rank methods that learn at different
+speeds (shared weights over S architectures, per-architecture parameters, stand-alone networks)
+by their final numbers: judged only when every compared model converged ("converged"). Secs.
+3-4 compare models of one training procedure (NSA and NSA-i differ only in their sampling rule;
+BN modes, seen and unseen architectures are one model evaluated two ways), as the paper's own
+curves do along training: judged at matched budgets (the same steps of the same batch), saying
+whether the models converged ("matched").
 """
 from __future__ import annotations
 
@@ -159,12 +157,10 @@ _CHUNK_ENTRIES = 4_000_000
 def bootstrap(statistic: Callable[..., np.ndarray], *sizes: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
               confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
     """`statistic` of the samples (of `sizes`) and its interval (`interval`), each sample
-    resampled with replacement, independently, `n_resamples` times.
-
-    The statistic is vectorised: it takes one index array per sample, of shape [..., n_k], and
-    reduces the last axis (e.g. `lambda i: x[i].mean(-1)`). It is called on the samples
-    themselves (indices [n_k]) and once per chunk of resamples (indices [rows, n_k]), not once
-    per resample. A resample on which the statistic is undefined (NaN) is left out."""
+    resampled with replacement, independently, `n_resamples` times. The statistic is vectorised:
+    it takes one index array per sample, [n_k] for the samples themselves or [rows, n_k] for a
+    chunk of resamples, and reduces the last axis (e.g. `lambda i: x[i].mean(-1)`). A resample
+    on which it is undefined (NaN) is left out."""
     if not sizes or min(sizes) < 1:
         raise ValueError(f"bootstrap needs non-empty samples, got sizes {sizes}")
     value = float(statistic(*(np.arange(n) for n in sizes)))
@@ -266,9 +262,8 @@ def below(estimate: Estimate, limit: float, comparable: bool = True) -> str:
 
 
 def all_of(verdicts: Iterable[str]) -> str:
-    """A claim made "at every S" (or for every attack): it does not hold if any part does not,
-    holds if every comparable part holds; otherwise underpowered if any part is, else
-    inconclusive."""
+    """A claim made "at every S" (or for every attack): does not hold if any part does not, holds
+    if every comparable part holds, else underpowered if any part is, else inconclusive."""
     comparable = [v for v in verdicts if v != NOT_COMPARABLE]
     if not comparable:
         return NOT_COMPARABLE
@@ -341,10 +336,9 @@ def auc_estimate(negatives, positives, seed: int = 0, n_resamples: int = N_RESAM
 
 
 def falls(xs, groups: list[tuple], statistic: Callable[..., np.ndarray], seed: int = 0) -> Estimate:
-    """A trend over every x, not its endpoints: -Kendall's tau between `xs` and
-    statistic(*group) over the groups (one per x, each a tuple of samples), every sample of
-    every group resampled on its own. Positive when the statistic falls as x grows; `statistic`
-    reduces the last axis of its samples."""
+    """A trend over every x, not its endpoints: -Kendall's tau between `xs` and statistic(*group)
+    over the groups (one per x, each a tuple of samples; `statistic` reduces their last axis),
+    every sample resampled on its own. Positive when the statistic falls as x grows."""
     flat = [np.asarray(a, float) for g in groups for a in g]
     starts = np.cumsum([0] + [len(g) for g in groups])
     x = np.asarray(xs, float)

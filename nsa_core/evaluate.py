@@ -224,12 +224,10 @@ def arch_scores(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, nor
     loss, correct = torch.zeros(2, T, dtype=torch.float64, device=dev)
     if bn == "test":
         chunks = _pairs(T, n, batch)
-    elif mixed:
-        offset = torch.randint(T, (n,), generator=torch.Generator().manual_seed(0))
-        chunks = (((offset[s:s + batch] + p) % T, torch.arange(s, min(s + batch, n)))
-                  for p in range(T) for s in range(0, n, batch))
     else:
-        chunks = ((t, torch.arange(s, min(s + batch, n))) for t in range(T) for s in range(0, n, batch))
+        offset = torch.randint(T, (n,), generator=torch.Generator().manual_seed(0)) if mixed else None
+        chunks = (((offset[s:s + batch] + p) % T if mixed else p, torch.arange(s, min(s + batch, n)))
+                  for p in range(T) for s in range(0, n, batch))
     with bn_mode(model, bn), torch.no_grad():
         for t, i in chunks:
             x = D.normalize(images[i.to(images.device)].to(dev), norm)
