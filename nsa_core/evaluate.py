@@ -348,22 +348,20 @@ def ensemble_members(model: WiredNet, norm: str, archs: ArchLike | None = None, 
         if archs is not None:
             raise ValueError("pass archs (NSA ensembles) or mc_samples (MC dropout), not both")
         _check_dropout(model, mc_samples, "mc_samples")
+        T = mc_samples
+    else:
+        idx, _, T = _members(model, archs, None)
+        gen = torch.Generator().manual_seed(seed)
 
-        def dropout_members(x: torch.Tensor) -> torch.Tensor:
-            xn = D.normalize(x.to(dev), norm).repeat(mc_samples, 1, 1, 1)
-            with contextlib.nullcontext() if fresh else _seeded(seed), mc_dropout(model):
-                return model(xn).float().softmax(1).view(mc_samples, len(x), -1)
-        return dropout_members, mc_samples
-
-    idx, _, T = _members(model, archs, None)
-    gen = torch.Generator().manual_seed(seed)
-
-    def arch_members(x: torch.Tensor) -> torch.Tensor:
+    def members(x: torch.Tensor) -> torch.Tensor:
         xn = D.normalize(x.to(dev), norm).repeat(T, 1, 1, 1)
+        if mc_samples is not None:
+            with contextlib.nullcontext() if fresh else _seeded(seed), mc_dropout(model):
+                return model(xn).float().softmax(1).view(T, len(x), -1)
         drawn = idx[torch.randint(T, (T * len(x),), generator=gen)] if fresh else idx.repeat_interleave(len(x))
         with bn_mode(model, "test"):
             return model(xn, drawn.to(dev)).float().softmax(1).view(T, len(x), -1)
-    return arch_members, T
+    return members, T
 
 
 def attacked_members(model: WiredNet, images: torch.Tensor, labels: torch.Tensor, norm: str, attack: PGD,
