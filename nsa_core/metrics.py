@@ -46,15 +46,13 @@ def error(probs: ArrayLike, labels: ArrayLike) -> float:
 def nll(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of the labels; eps keeps a zero probability finite."""
     probs, labels = _as_tensors(probs, labels)
-    p_true = probs.double().gather(1, labels[:, None]).squeeze(1)
-    return -p_true.clamp_min(eps).log().mean().item()
+    return -probs.double().gather(1, labels[:, None]).squeeze(1).clamp_min(eps).log().mean().item()
 
 
 def brier(probs: ArrayLike, labels: ArrayLike) -> float:
     """Mean over examples of sum_c (p_c - onehot_c)^2 (the multi-class Brier score, in [0, 2])."""
     probs, labels = _as_tensors(probs, labels)
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-    return (probs.double() - onehot).pow(2).sum(1).mean().item()
+    return (probs.double() - torch.nn.functional.one_hot(labels, probs.shape[1])).pow(2).sum(1).mean().item()
 
 
 def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
