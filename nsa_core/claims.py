@@ -231,8 +231,7 @@ def metric_estimate(metric: str, preds, labels: torch.Tensor, n_resamples: int =
 
 
 def verdict(difference: Estimate, comparable: bool = True) -> str:
-    """An ordering, from the interval of a difference oriented so that positive is the paper's
-    direction."""
+    """An ordering: the verdict on a difference oriented so that positive is the paper's direction."""
     if not comparable:
         return NOT_COMPARABLE
     return HOLDS if difference.low > 0 else FAILS if difference.high < 0 else INCONCLUSIVE
