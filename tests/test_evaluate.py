@@ -1,6 +1,6 @@
 """Evaluation (nsa_core.evaluate): batched scores equal one-architecture-at-a-time ones, both
 BN modes leave the model bit-identical, ensembles, MC dropout, the batch-mean variance of
-paper App. C, OOD AUC, and PGD against whole ensembles."""
+paper App. C, OOD sets, and PGD against whole ensembles."""
 from __future__ import annotations
 
 import numpy as np
