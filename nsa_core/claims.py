@@ -1,17 +1,15 @@
 """Claims with their uncertainty: the bootstrap, the verdict rules and their thresholds, the
 training gate (convergence, matched budgets), and how a table of claims is rendered.
 
-Intervals. Every reproduced number that decides a verdict carries a 95 % bootstrap interval.
-Resampled are the units the number is an average over: test images (an accuracy, an ECE, an
-AUC over images), architectures (a mean, a spread or a rank correlation over architectures),
-or both samples independently when two groups are compared (seen vs unseen architectures, in-
-vs out-of-distribution images). An ordering of two models on the same test images is tested
-*paired*: each resample scores both on the same images. The interval is the percentile
-interval, which holds the plug-in estimate whenever the statistic's bias is small beside its
-spread. Where it is not (the ECE of a well calibrated model: the resamples' ECEs all lie above
-the plug-in one), the estimate reported is the bias-corrected one, 2 x plug-in - median of the
-resamples, with the basic interval [2 x plug-in - q97.5, 2 x plug-in - q2.5], which holds it
-by construction; the text then says "bias-corrected" and gives the plug-in value.
+Intervals. Every number that decides a verdict carries a 95 % bootstrap interval over the
+units it averages (test images, architectures); two groups (seen vs unseen architectures, in-
+vs out-of-distribution images) are resampled independently, two models on the same test images
+*paired* (each resample scores both on the same images). It is the percentile interval, which
+holds the plug-in estimate when the statistic's bias is small beside its spread. Where it is
+not (the ECE of a well calibrated model: the resamples' ECEs all lie above the plug-in one),
+the estimate is the bias-corrected 2 x plug-in - median of the resamples, with the basic
+interval [2 x plug-in - q97.5, 2 x plug-in - q2.5], which holds it by construction; the text
+then says "bias-corrected" and gives the plug-in value.
 
 Verdicts, on the interval of a number oriented so that positive is the paper's direction:
 - an ordering (`verdict`): *holds* above zero, *does not hold* below, else *inconclusive*;
@@ -21,22 +19,21 @@ Verdicts, on the interval of a number oriented so that positive is the paper's d
 - *not comparable at this profile*: absolute levels away from the paper's scale, and claims
   whose training gate is shut (`gate`).
 
-The training gate, for every claim that compares or quotes trained models. A model has
-*converged* when the change of its test accuracy over the last fifth of training (the slope
-of its test curve there, times a fifth, with a bootstrap interval over the curve's points)
-lies within +-CONVERGED_CHANGE. Sec. 5's claims rank methods by their final numbers, and
-methods learn at different speeds (shared weights over S architectures, per-architecture
-parameters, stand-alone networks), so they are judged only when every compared model
-converged ("converged"). The claims of Secs. 3-4 compare models of one training procedure
-(NSA against NSA-i differ only in their sampling rule; BN modes, seen and unseen architectures
-are one model evaluated two ways), as the paper's own training curves do along training:
-they are judged at matched budgets (the same steps of the same batch) and say whether the
-models converged ("matched").
+The training gate. A model has *converged* when its test accuracy changes by less than
++-CONVERGED_CHANGE over the last fifth of training (the slope of its test curve there times a
+fifth, bootstrap over the curve's points). Sec. 5's claims rank methods that learn at different
+speeds (shared weights over S architectures, per-architecture parameters, stand-alone networks)
+by their final numbers: judged only when every compared model converged ("converged"). Secs.
+3-4 compare models of one training procedure (NSA and NSA-i differ only in their sampling rule;
+BN modes, seen and unseen architectures are one model evaluated two ways), as the paper's own
+curves do along training: judged at matched budgets (the same steps of the same batch), saying
+whether the models converged ("matched").
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -108,29 +105,23 @@ class Estimate:
             text += f" (bias-corrected; plug-in {scale * self.plug_in:.{digits}f})"
         return text
 
-    def __str__(self) -> str:
-        return self.fmt()
+    __str__ = fmt
 
-    def shifted(self, by: float) -> "Estimate":
+    def shifted(self, by: float) -> Estimate:
         """The same estimate of x + by."""
         plug = None if self.plug_in is None else self.plug_in + by
         return replace(self, value=self.value + by, low=self.low + by, high=self.high + by, plug_in=plug)
 
-    def __rsub__(self, other: float) -> "Estimate":
+    def __rsub__(self, other: float) -> Estimate:
         """other - x: a level minus the estimate."""
-        return (-self).shifted(other)
-
-    def __neg__(self) -> "Estimate":
-        plug = None if self.plug_in is None else -self.plug_in
-        return replace(self, value=-self.value, low=-self.high, high=-self.low, plug_in=plug)
+        plug = None if self.plug_in is None else other - self.plug_in
+        return replace(self, value=other - self.value, low=other - self.high, high=other - self.low, plug_in=plug)
 
 
 def interval(value: float, stats: np.ndarray, n_resamples: int, confidence: float = CONFIDENCE,
              bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
     """The Estimate of a statistic from its value on the sample and on the resamples (NaN
-    resamples left out), as the module docstring says: the percentile interval, or, where it
-    misses the plug-in value, the bias-corrected estimate and the basic interval; within the
-    statistic's `bounds`."""
+    resamples left out), as the module docstring says, within the statistic's `bounds`."""
     stats = np.asarray(stats, float)
     stats = stats[np.isfinite(stats)]
     if not len(stats) or not np.isfinite(value):
@@ -165,14 +156,11 @@ _CHUNK_ENTRIES = 4_000_000
 
 def bootstrap(statistic: Callable[..., np.ndarray], *sizes: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
               confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
-    """`statistic` of the full samples and its interval (`interval`): each of the samples (of
-    `sizes`) is resampled with replacement, independently, `n_resamples` times.
-
-    The statistic is vectorised: it takes one index array per sample, of shape [..., n_k],
-    and reduces the last axis, returning [...] (e.g. `lambda i: x[i].mean(-1)`). It is called
-    once on the samples themselves (indices [n_k]) and once per chunk of resamples (indices
-    [rows, n_k]): the resamples are one indexed array operation, not a Python loop. A
-    resample on which the statistic is undefined (NaN) is left out."""
+    """`statistic` of the samples (of `sizes`) and its interval (`interval`), each sample
+    resampled with replacement, independently, `n_resamples` times. The statistic is vectorised:
+    it takes one index array per sample, [n_k] for the samples themselves or [rows, n_k] for a
+    chunk of resamples, and reduces the last axis (e.g. `lambda i: x[i].mean(-1)`). A resample
+    on which it is undefined (NaN) is left out."""
     if not sizes or min(sizes) < 1:
         raise ValueError(f"bootstrap needs non-empty samples, got sizes {sizes}")
     value = float(statistic(*(np.arange(n) for n in sizes)))
@@ -186,8 +174,7 @@ def bootstrap(statistic: Callable[..., np.ndarray], *sizes: int, n_resamples: in
 
 def draw_intervals(ax, at, estimates: Iterable[Estimate], horizontal: bool = False, scale: float = 1.0,
                    **style) -> None:
-    """Each estimate's interval as whiskers from its value at positions `at` (every interval
-    holds its value, `interval`)."""
+    """Each estimate's interval as whiskers from its value at positions `at`."""
     est = list(estimates)
     v = scale * np.array([e.value for e in est], float)
     err = scale * np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]], float)
@@ -200,16 +187,12 @@ def draw_intervals(ax, at, estimates: Iterable[Estimate], horizontal: bool = Fal
 def mean_bands(values, n_resamples: int = PLOT_RESAMPLES, seed: int = 0,
                confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of the mean of each row of `values` [K, N] over its N units (test images),
-    every row resampled on the same draws: one matrix product per call, so a whole curve's band
-    (a [T, N] hit matrix) is cheap."""
+    every row resampled on the same draws: one matrix product for a whole curve's band."""
     v = np.atleast_2d(np.asarray(values, float))
     n = v.shape[1]
-    idx = resample(n, n_resamples, seed)
-    counts = np.stack([np.bincount(i, minlength=n) for i in idx]).astype(float)   # [B, N]
-    means = counts @ v.T / n                                                        # [B, K]
+    counts = np.stack([np.bincount(i, minlength=n) for i in resample(n, n_resamples, seed)]).astype(float)
     alpha = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means, [alpha, 100 - alpha], axis=0)
-    return low, high
+    return tuple(np.percentile(counts @ v.T / n, [alpha, 100 - alpha], axis=0))   # [B, K] means
 
 
 METRICS = ("accuracy", "error", "nll", "brier", "ece")
@@ -217,17 +200,14 @@ METRICS = ("accuracy", "error", "nll", "brier", "ece")
 
 def metric_rows(metric: str, preds, labels: torch.Tensor, n_bins: int = 15) -> Callable[[np.ndarray], np.ndarray]:
     """The per-resample form of a metric of predicted probabilities [N, C] (one of METRICS;
-    error and accuracy as fractions): a function of test-image indices [..., n] returning
-    [...], for `bootstrap`. A list of predictions is scored one by one and averaged (the
-    average of individuals, as Table 2 scores them)."""
+    error and accuracy as fractions) for `bootstrap`: test-image indices [..., n] -> [...]. A
+    list of predictions is scored one by one and averaged (Table 2's average of individuals)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     y = torch.as_tensor(labels).long()
     parts = []
     for p in preds if isinstance(preds, list) else [preds]:
-        p = torch.as_tensor(p).detach().cpu()
-        metrics._check(p, y)
-        p = p.double()
+        p = metrics._as_tensors(p, y)[0].cpu().double()
         conf, pred = p.max(1)
         right = (pred == y).double()
         per_image = {"accuracy": right, "error": 1 - right,
@@ -251,22 +231,15 @@ def metric_estimate(metric: str, preds, labels: torch.Tensor, n_resamples: int =
 
 
 def verdict(difference: Estimate, comparable: bool = True) -> str:
-    """An ordering: the verdict from the interval of a difference oriented so that positive
-    is the paper's direction."""
+    """An ordering: the verdict on a difference oriented so that positive is the paper's direction."""
     if not comparable:
         return NOT_COMPARABLE
-    if difference.low > 0:
-        return HOLDS
-    if difference.high < 0:
-        return FAILS
-    return INCONCLUSIVE
+    return HOLDS if difference.low > 0 else FAILS if difference.high < 0 else INCONCLUSIVE
 
 
 def equivalence(difference: Estimate, tolerance: float, comparable: bool = True) -> str:
-    """A tolerance, |x| < tolerance for the estimate x of a difference from a target (a level,
-    an AUC against 0.5): holds when the interval lies inside (-tolerance, tolerance), does not
-    hold when it lies wholly outside, is underpowered when it is wider than the tolerance
-    allows (half-width above it), and inconclusive otherwise."""
+    """A tolerance, |x| < tolerance, for the estimate x of a difference from a target (a level,
+    an AUC against 0.5), as the module docstring says."""
     if not comparable:
         return NOT_COMPARABLE
     if -tolerance < difference.low and difference.high < tolerance:
@@ -277,8 +250,7 @@ def equivalence(difference: Estimate, tolerance: float, comparable: bool = True)
 
 
 def below(estimate: Estimate, limit: float, comparable: bool = True) -> str:
-    """A one-sided tolerance, x < limit (a small gain): holds when the interval lies below the
-    limit, does not hold when above it; underpowered when its half-width exceeds the limit."""
+    """A one-sided tolerance, x < limit (a small gain), as the module docstring says."""
     if not comparable:
         return NOT_COMPARABLE
     if estimate.high < limit:
@@ -289,10 +261,8 @@ def below(estimate: Estimate, limit: float, comparable: bool = True) -> str:
 
 
 def all_of(verdicts: Iterable[str]) -> str:
-    """A claim made "at every S" (or for every attack): it does not hold if any part does not,
-    holds if every comparable part holds; otherwise underpowered if any part is, else
-    inconclusive."""
-    verdicts = list(verdicts)
+    """A claim made "at every S" (or for every attack): does not hold if any part does not, holds
+    if every comparable part holds, else underpowered if any part is, else inconclusive."""
     comparable = [v for v in verdicts if v != NOT_COMPARABLE]
     if not comparable:
         return NOT_COMPARABLE
@@ -310,9 +280,8 @@ def _np(x) -> np.ndarray:
 
 
 def correct(probs: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> np.ndarray:
-    """Per test image, 1 if the prediction is right: [N]; for a list of predictions (the
-    individuals of "average of individuals") the mean over them, so its mean is their mean
-    accuracy."""
+    """Per test image [N], 1 if the prediction is right; for a list of predictions (the
+    individuals of "average of individuals") the mean over them."""
     preds = probs if isinstance(probs, list) else [probs]
     y = _np(labels)
     return np.mean([_np(p).argmax(1) == y for p in preds], axis=0).astype(float)
@@ -325,15 +294,14 @@ def spread(values: np.ndarray) -> np.ndarray:
     return np.std(values, axis=-1, ddof=1) if values.shape[-1] > 1 else np.full(values.shape[:-1], np.nan)
 
 
-def mean_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Estimate:
-    """mean(a) - mean(b) for per-unit values paired on the same units (test images)."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    return bootstrap(lambda i: d[i].mean(-1), len(d), seed=seed)
-
-
 def mean_estimate(a: np.ndarray, seed: int = 0) -> Estimate:
     a = np.asarray(a, float)
     return bootstrap(lambda i: a[i].mean(-1), len(a), seed=seed)
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Estimate:
+    """mean(a) - mean(b) for per-unit values paired on the same units (test images)."""
+    return mean_estimate(np.asarray(a, float) - np.asarray(b, float), seed)
 
 
 def paired(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], a, b, seed: int = 0) -> Estimate:
@@ -345,9 +313,8 @@ def paired(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], a, b, seed
 
 def arch_difference(scores: pd.DataFrame, column: str, a, b, stat=None, seed: int = 0) -> Estimate:
     """stat(accuracies under `a`) - stat(accuracies under `b`) of the same architectures
-    (`column` tells a from b: the BN mode, or the model on one training space), with the
-    interval of a bootstrap over architectures: the rows of one resample are the same
-    architectures under both. `stat` reduces the last axis (default the mean; spread)."""
+    (`column` tells a from b: the BN mode, or the model on one training space), paired over
+    architectures. `stat` reduces the last axis (default the mean; spread)."""
     stat = stat or (lambda v: v.mean(-1))
     wide = scores.pivot(index="arch", columns=column, values="acc").dropna()
     return paired(lambda x, y: stat(x) - stat(y), wide[a], wide[b], seed=seed)
@@ -368,19 +335,15 @@ def auc_estimate(negatives, positives, seed: int = 0, n_resamples: int = N_RESAM
 
 
 def falls(xs, groups: list[tuple], statistic: Callable[..., np.ndarray], seed: int = 0) -> Estimate:
-    """A trend over every x, not its endpoints: -Kendall's tau between `xs` and
-    statistic(*group) over the groups (one per x, each a tuple of samples), every sample of
-    every group resampled on its own. Positive when the statistic falls as x grows; `statistic`
-    reduces the last axis of its samples."""
+    """A trend over every x, not its endpoints: -Kendall's tau between `xs` and statistic(*group)
+    over the groups (one per x, each a tuple of samples; `statistic` reduces their last axis),
+    every sample resampled on its own. Positive when the statistic falls as x grows."""
     flat = [np.asarray(a, float) for g in groups for a in g]
-    widths = [len(g) for g in groups]
+    starts = np.cumsum([0] + [len(g) for g in groups])
     x = np.asarray(xs, float)
 
     def stat(*idx: np.ndarray) -> np.ndarray:
-        values, k = [], 0
-        for w in widths:
-            values.append(statistic(*(flat[k + j][idx[k + j]] for j in range(w))))
-            k += w
+        values = [statistic(*(flat[k][idx[k]] for k in range(s, e))) for s, e in pairwise(starts)]
         v = np.stack(np.broadcast_arrays(*values), -1)
         return -metrics.kendall_rows(np.broadcast_to(x, v.shape), v)
 
@@ -389,8 +352,7 @@ def falls(xs, groups: list[tuple], statistic: Callable[..., np.ndarray], seed: i
 
 def metric_difference(metric: str, a, b, labels: torch.Tensor, seed: int = 0, n_bins: int = 15) -> Estimate:
     """metric(a) - metric(b) (one of METRICS) on the same resampled test images (paired); `a`
-    or `b` may be a list of predictions [N, C], scored one by one and averaged (the average
-    of individuals)."""
+    or `b` may be a list of predictions [N, C], scored one by one and averaged."""
     ra, rb = metric_rows(metric, a, labels, n_bins), metric_rows(metric, b, labels, n_bins)
     return bootstrap(lambda i: ra(i) - rb(i), len(labels), seed=seed)
 
@@ -406,9 +368,8 @@ def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def late_change(curve: pd.DataFrame, seed: int = 0) -> Estimate | None:
     """How much the test accuracy still changes over the last fifth of training: the slope of
-    the test curve (curve.csv: step, test_acc) over its points in the last fifth of the steps,
-    times a fifth of the run, bootstrap over those points. None with fewer than
-    MIN_CURVE_POINTS points there."""
+    the test curve (curve.csv: step, test_acc) over its points there, times a fifth of the
+    run, bootstrap over those points. None with fewer than MIN_CURVE_POINTS points there."""
     steps = curve.step.to_numpy(float)
     last = curve[steps >= (1 - LAST_PART) * steps.max()]
     if len(last) < MIN_CURVE_POINTS:
@@ -435,20 +396,17 @@ class Gate:
 
 
 def gate(curves: Mapping[str, pd.DataFrame], batches: Mapping[str, int], rule: str, seed: int = 0) -> Gate:
-    """The training gate of a claim on the models named in `curves` (their test curves) and
-    `batches` (images per step): rule "converged" (Sec. 5) or "matched" (Secs. 3-4), as the
-    module docstring says."""
+    """The training gate (module docstring) of a claim on the models named in `curves` (their
+    test curves) and `batches` (images per step): rule "converged" or "matched"."""
     if rule not in ("converged", "matched"):
         raise ValueError(f"rule must be 'converged' or 'matched', got {rule!r}")
     states = {name: converged(c, seed) for name, c in curves.items()}
     texts = {text for _, text in states.values()}
     said = f"every model: {texts.pop()}" if len(texts) == 1 and len(states) > 1 else \
         "; ".join(f"{name}: {text}" for name, (_, text) in states.items())
-    change = (f"test accuracy's change over the last fifth of training (converged: within "
-              f"+-{CONVERGED_CHANGE}) {said}")
+    change = f"test accuracy's change over the last fifth of training (converged: within +-{CONVERGED_CHANGE}) {said}"
     if rule == "converged":
-        ok = all(c for c, _ in states.values())
-        return Gate(ok, f"judged only when every compared model converged; {change}")
+        return Gate(all(c for c, _ in states.values()), f"judged only when every compared model converged; {change}")
     budgets = {(int(c.step.max()), batches[name]) for name, c in curves.items()}
     if len(budgets) > 1:
         return Gate(False, f"the compared models were trained with different budgets; {change}")
@@ -479,11 +437,9 @@ def tally(claims: pd.DataFrame) -> pd.DataFrame:
 
 def tally_sentence(claims: pd.DataFrame) -> str:
     """'N paper claims: a hold, b do not hold, ...; M sanity checks: ...'."""
-    parts = []
-    for kind, row in tally(claims).iterrows():
-        parts.append(f"{row.sum()} {PLURAL[kind] if row.sum() != 1 else kind}: {row[HOLDS]} hold, {row[FAILS]} do not "
-                     f"hold, {row[INCONCLUSIVE]} inconclusive, {row[UNDERPOWERED]} underpowered, "
-                     f"{row[NOT_COMPARABLE]} not comparable")
+    parts = [f"{row.sum()} {PLURAL[kind] if row.sum() != 1 else kind}: {row[HOLDS]} hold, {row[FAILS]} do not "
+             f"hold, {row[INCONCLUSIVE]} inconclusive, {row[UNDERPOWERED]} underpowered, "
+             f"{row[NOT_COMPARABLE]} not comparable" for kind, row in tally(claims).iterrows()]
     return "; ".join(parts) if parts else "no claims"
 
 
@@ -495,7 +451,6 @@ def markdown_table(rows: pd.DataFrame | list[list], columns: Iterable[str] | Non
         rows = rows[cols].values.tolist()
     else:
         cols = list(columns)
-    cell = lambda v: " ".join(str(v).split()).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(" ".join(str(v).split()).replace("|", "\\|") for v in row) + " |" for row in rows]
     return "\n".join(lines)

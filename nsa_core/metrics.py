@@ -2,37 +2,28 @@
 
 Every function takes predicted *probabilities* (rows sum to 1), never logits: an ensemble's
 prediction is the average of its members' softmax, and averaging logits instead would be a
-different model. Passing logits by mistake raises instead of giving a silently wrong number.
-
-Well-kept implementations do the work where one exists: torchmetrics for ECE, scikit-learn for
-ROC AUC, scipy for Spearman's rho.
+different model, so logits raise instead of giving a silently wrong number. torchmetrics
+computes ECE and scikit-learn ROC AUC.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 ArrayLike = torch.Tensor | np.ndarray
-
-# Averaged float32 softmax rows sum to 1 to about 1e-6; 1e-3 still catches logits.
-_ROW_SUM_TOL = 1e-3
 
 
 def _check(probs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
     if probs.dim() < 2:
         raise ValueError(f"probs must have shape [..., N, C], got {tuple(probs.shape)}")
-    if probs.numel() and (probs.min() < 0 or probs.max() > 1 or
-                          (probs.sum(-1) - 1).abs().max() > _ROW_SUM_TOL):
-        raise ValueError("probs must be probabilities (in [0, 1], rows summing to 1); "
-                         "apply softmax to logits first")
+    # Averaged float32 softmax rows sum to 1 to about 1e-6; 1e-3 still catches logits.
+    if probs.numel() and (probs.min() < 0 or probs.max() > 1 or (probs.sum(-1) - 1).abs().max() > 1e-3):
+        raise ValueError("probs must be probabilities (in [0, 1], rows summing to 1); apply softmax to logits first")
     if labels is not None and labels.shape != probs.shape[:1]:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match probs "
-                         f"shape {tuple(probs.shape)}")
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match probs shape {tuple(probs.shape)}")
 
 
 def _as_tensors(probs: ArrayLike, labels: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,25 +46,20 @@ def error(probs: ArrayLike, labels: ArrayLike) -> float:
 def nll(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of the labels; eps keeps a zero probability finite."""
     probs, labels = _as_tensors(probs, labels)
-    p_true = probs.double().gather(1, labels[:, None]).squeeze(1)
-    return -p_true.clamp_min(eps).log().mean().item()
+    return -probs.double().gather(1, labels[:, None]).squeeze(1).clamp_min(eps).log().mean().item()
 
 
 def brier(probs: ArrayLike, labels: ArrayLike) -> float:
     """Mean over examples of sum_c (p_c - onehot_c)^2 (the multi-class Brier score, in [0, 2])."""
     probs, labels = _as_tensors(probs, labels)
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-    return (probs.double() - onehot).pow(2).sum(1).mean().item()
+    return (probs.double() - torch.nn.functional.one_hot(labels, probs.shape[1])).pow(2).sum(1).mean().item()
 
 
 def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
-    """Expected calibration error (Guo et al. 2017, the paper's Table 2): the top-class
-    confidences fall into `n_bins` equal-width bins and ECE = sum_b |B_b|/N |acc_b - conf_b|.
-
-    torchmetrics bins left-closed, [lower, upper), and puts a confidence of exactly 1.0 (a
-    saturated float32 softmax) into a bin of its own; `reliability` folds those into the top
-    bin instead, so the two agree unless some confidence is exactly 1.0.
-    """
+    """Expected calibration error (Guo et al. 2017, the paper's Table 2): top-class confidences
+    in `n_bins` equal-width bins, ECE = sum_b |B_b|/N |acc_b - conf_b|. torchmetrics puts a
+    confidence of exactly 1.0 (a saturated float32 softmax) in a bin of its own, `reliability`
+    folds it into the top bin, so the two agree unless some confidence is exactly 1.0."""
     # imported here: torchmetrics pulls in torchvision's models, seconds of every import of this module
     from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -103,8 +89,8 @@ def reliability(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> pd.Dat
     edges = np.linspace(0, 1, n_bins + 1, dtype=np.float32).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:],
-                             "confidence": np.where(count > 0, conf_sum / count, math.nan),
-                             "accuracy": np.where(count > 0, hit_sum / count, math.nan),
+                             "confidence": np.where(count > 0, conf_sum / count, np.nan),
+                             "accuracy": np.where(count > 0, hit_sum / count, np.nan),
                              "count": count.astype(int)})
 
 
@@ -130,9 +116,7 @@ def mutual_information(member_probs: ArrayLike) -> torch.Tensor:
 
 
 def _flat_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64).reshape(-1)
+    return np.asarray(x.detach().cpu().double() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
 
 
 def auc(negatives: ArrayLike, positives: ArrayLike) -> float:
@@ -145,21 +129,10 @@ def auc(negatives: ArrayLike, positives: ArrayLike) -> float:
     return float(roc_auc_score(y, np.concatenate([neg, pos])))
 
 
-def spearman(a: ArrayLike, b: ArrayLike) -> float:
-    """Spearman's rank correlation between paired scores (NaN if either is constant)."""
-    return float(spearmanr(_flat_numpy(a), _flat_numpy(b)).statistic)
-
-
 # ------------------------------------------------------------------ row-wise (bootstrap) forms
-# The bootstrap scores a statistic on a thousand resamples at once: these take arrays whose
-# last axis holds the units (test images, architectures) and whose leading axes are the
-# resamples, and reduce the last axis. Each equals its readable form above on one row
-# (tests/test_metrics.py): `auc` (scikit-learn), `spearman` (scipy), `ece` (torchmetrics).
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-    return rankdata(x, axis=-1)   # ties get their average rank
-
+# The bootstrap scores a statistic on a thousand resamples at once: these reduce the last axis
+# (the units: test images, architectures) of arrays whose leading axes are the resamples. Each
+# equals its readable form (above, or scipy's) on one row (tests/test_metrics.py). Ranks: ties get their average.
 
 def auc_rows(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """`auc` of every row: [..., n] negatives and [..., m] positives -> [...]; the
@@ -167,33 +140,26 @@ def auc_rows(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
     neg, pos = np.asarray(negatives, float), np.asarray(positives, float)
     n, m = neg.shape[-1], pos.shape[-1]
     lead = np.broadcast_shapes(neg.shape[:-1], pos.shape[:-1])
-    ranks = _ranks(np.concatenate([np.broadcast_to(neg, lead + (n,)), np.broadcast_to(pos, lead + (m,))], -1))
-    return (ranks[..., n:].sum(-1) - m * (m + 1) / 2) / (n * m)
+    both = np.concatenate([np.broadcast_to(neg, lead + (n,)), np.broadcast_to(pos, lead + (m,))], -1)
+    return (rankdata(both, axis=-1)[..., n:].sum(-1) - m * (m + 1) / 2) / (n * m)
 
 
-def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson's r of every row, NaN where a row is constant."""
-    a = a - a.mean(-1, keepdims=True)
-    b = b - b.mean(-1, keepdims=True)
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho of every row: Pearson's r of the ranks, NaN where a row is constant."""
+    a, b = (rankdata(np.asarray(x, float), axis=-1) for x in (a, b))
+    a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
 
 
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`spearman` of every row: Pearson's r of the (tie-averaged) ranks."""
-    return pearson_rows(_ranks(np.asarray(a, float)), _ranks(np.asarray(b, float)))
-
-
 def kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of every row (ties allowed, as a resample has them); NaN where
-    undefined. All pairs at once: [..., n, n] signs, fine for the few dozen architectures
-    it ranks."""
+    """Kendall's tau-b of every row (ties allowed, as a resample has them), NaN where a row is
+    constant. All pairs at once: [..., n, n] signs, fine for the few dozen architectures it ranks."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     sa = np.sign(a[..., :, None] - a[..., None, :])
     sb = np.sign(b[..., :, None] - b[..., None, :])
-    norm = np.sqrt((sa * sa).sum((-1, -2)) * (sb * sb).sum((-1, -2)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norm > 0, (sa * sb).sum((-1, -2)) / np.where(norm > 0, norm, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):   # a constant row: 0 / 0
+        return (sa * sb).sum((-1, -2)) / np.sqrt((sa * sa).sum((-1, -2)) * (sb * sb).sum((-1, -2)))
 
 
 def ece_rows(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> np.ndarray:
