@@ -148,8 +148,7 @@ def memory_child(variant: str, steps: int = 6) -> None:
     import resource
     settings = runtime.Settings.from_env()   # a process of its own: an entry point
     runtime.keep_freed_memory(settings)
-    kind, space = VARIANTS[variant]
-    _, step = trainer(kind, space, torch.device("cpu"), settings=settings)
+    _, step = trainer(*VARIANTS[variant], torch.device("cpu"), settings=settings)
     x, y = random_batch(BATCH, torch.device("cpu"))
     before = _peak_rss_kib()
     step(x, y)

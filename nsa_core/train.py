@@ -125,7 +125,10 @@ class Run:
     def total(self) -> int:
         return self.steps * self.spec.recipe.epochs
 
-    def say(self, msg: str) -> None:
+    def say(self, msg: str, warn: bool = False) -> None:
+        """A line of train.log; `warn`: on stderr too."""
+        if warn:
+            tqdm.write(msg, file=sys.stderr)
         with open(self.folder / "train.log", "a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
@@ -176,9 +179,7 @@ def resume(run: Run) -> None:
         try:
             state = load_checkpoint(path, run.spec)
         except CheckpointError as e:
-            msg = f"nsa: {e}; not using it"
-            tqdm.write(msg, file=sys.stderr)
-            run.say(msg)
+            run.say(f"nsa: {e}; not using it", warn=True)
             continue
         run.model.load_state_dict(state["model"])
         run.opt.load_state_dict(state["opt"])
@@ -186,10 +187,8 @@ def resume(run: Run) -> None:
         run.progress = state["progress"]
         threads = state.get("threads")
         if threads is not None and threads != torch.get_num_threads():
-            msg = (f"nsa: resuming with {torch.get_num_threads()} threads where the run started with {threads}: "
-                   "the weights will match neither uninterrupted run bit for bit")
-            tqdm.write(msg, file=sys.stderr)
-            run.say(msg)
+            run.say(f"nsa: resuming with {torch.get_num_threads()} threads where the run started with {threads}: "
+                    "the weights will match neither uninterrupted run bit for bit", warn=True)
         run.say(f"resumed from {path.name} at epoch {run.progress['epoch']} step {run.progress['step']}")
         return
 
