@@ -142,7 +142,7 @@ class Experiment:
         """compute(), kept in results/<profile>/_shared under `name` and a hash of `key` (what
         the result depends on: models, test images, settings), so that notebooks that need the
         same numbers (02 reuses 01's scores, 06 and 07 reuse 05's probabilities) compute them once."""
-        folder = paths.writable_folder(Path(self.out).parent / "_shared", "results folder")
+        folder = paths.writable_folder(self.out.parent / "_shared", "results folder")
         tag = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         path = folder / f"{name}_{tag}.pt"
         if path.is_file():
@@ -226,7 +226,7 @@ class Experiment:
         """Say which models this notebook uses (the plan's), and how long its last run took
         (timings.json of `make reproduce`), from the run's own records."""
         kinds = ", ".join(dict.fromkeys(KINDS[s.kind].label + (f" ({s.semi})" if s.semi else "") for s in specs))
-        last = saved_timings(Path(self.out).parent).get(self.notebook)
+        last = saved_timings(self.out.parent).get(self.notebook)
         self.say(f"**Models.** {len(specs)} from the model cache (trained first if missing: `make reproduce` trains "
                  f"them all before the notebooks): {kinds}. "
                  + (f"**Last run** of this notebook by `make reproduce` at this profile: {last / 60:.1f} min "
