@@ -2,33 +2,31 @@
 
 `python -m nsa_core bench` (`make bench`), on the CPU, side by side at width 1, 8 nodes,
 batch 128, 10 classes, no auxiliary head:
-- training throughput of one full SGD step (forward, cross-entropy, backward, optimiser
-  step, `step.supervised_step` as the trainer runs it) of a plain residual net without
-  learnable aggregation ('fixed'), NSA (one architecture per batch, S = 500),
-  NSA-i (one per example) and NSA-id (per-architecture aggregation and BN, per example), on
-  a pre-made normalised random batch so that no data pipeline cost enters. Steps run
-  round-robin (A B C D A B C D ...) after a warm-up, so load from other processes hits every
-  variant alike, and each variant reports its median;
-- the time of a T = 5 ensemble evaluated in one batched pass (`evaluate.member_probs`, one
-  forward mixing the members) against T single-architecture passes, and of one architecture
-  at the batched pass's batch size (how much of the difference is the larger batch alone);
+- training throughput of one full SGD step (`step.supervised_step`, as the trainer runs it) of
+  the plain residual net without learnable aggregation ('fixed'), NSA (one architecture per
+  batch, S = 500), NSA-i (one per example) and NSA-id (per-architecture aggregation and BN,
+  per example), on a pre-made normalised random batch: no data pipeline cost enters. Steps
+  run round-robin (A B C D A B C D ...) after a warm-up, so load from other processes hits
+  every variant alike; each variant reports its median;
+- a T = 5 ensemble evaluated in one batched pass (`evaluate.member_probs`) against T
+  single-architecture passes, and one architecture at the batched pass's batch size (how much
+  of the difference is the larger batch alone);
 - the peak memory of one training step: each variant in a fresh process, the growth of its
-  peak resident set size (Linux VmHWM) over its first step, i.e. activations, gradients,
-  optimiser state and allocator slack. Torch's CPU allocator keeps no statistics and
-  tracemalloc does not see its allocations, so RSS is the honest measure here. Like the
-  trainer, the benchmark keeps freed memory in the process (`runtime.keep_freed_memory`);
-  the page faults of a settled NSA-i step with and without that setting are reported too;
-- torch.compile on the CPU: NSA-i with its nodes compiled ('nsa-i-compiled', and the seconds
-  of its first step, mostly the compiler's) against the same model uncompiled; both on the
-  reference stage ('nsa-i-reference'), since the fast stage, the CPU's default, does not call
-  the node modules;
-- where the CPU has native bf16, the four variants above in bf16 autocast too ('NAME-bf16');
+  peak RSS (Linux VmHWM) over its first step: activations, gradients, optimiser state and
+  allocator slack. Torch's CPU allocator keeps no statistics and tracemalloc does not see its
+  allocations, so RSS is the honest measure here. Like the trainer, the benchmark keeps freed
+  memory (`runtime.keep_freed_memory`); the page faults of a settled NSA-i step with and
+  without that setting are reported too;
+- torch.compile: NSA-i with its nodes compiled ('nsa-i-compiled', and the seconds of its first
+  step, mostly the compiler's) against the same model uncompiled, both on the reference stage
+  ('nsa-i-reference'): the fast stage, the CPU's default, does not call the node modules;
+- where the CPU has native bf16, the four variants in bf16 autocast too ('NAME-bf16');
 - torch.profiler's table of one NSA-i step: what limits it.
 Results go to results/bench/cpu.csv (variant, metric, value, ratio, target, met).
 
 `gpu_main()` (bench/gpu_check.sh) times WRN-28-10-sized NSA-id and the fixed WRN-28-10† on
-CUDA with the training loop's settings. NSA_BENCH_TINY=1 shrinks it to seconds on any
-device, to check its logic where there is no GPU.
+CUDA with the training loop's settings; NSA_BENCH_TINY=1 shrinks it to seconds on any device,
+to check its logic where there is no GPU.
 """
 from __future__ import annotations
 
@@ -38,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -50,9 +47,7 @@ import torch
 from . import data as D
 from . import runtime
 from .config import ModelSpec, Recipe
-from .kinds import draw_archs
-from .kinds import KINDS, build
-from .network import WiredNet
+from .kinds import KINDS, build, draw_archs
 from .paper import AUTHORS_CPU_IMG_S as REFERENCE
 from .step import optimizer, supervised_step
 
@@ -69,14 +64,6 @@ WARMUP = 2
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def bench_model(kind: str, space: int, width: float = WIDTH, nodes: int = NODES, aux: bool = False,
-                fast: bool = True) -> tuple[WiredNet, str]:
-    """A fresh network of `kind` (a registry kind) and its sampling rule."""
-    recipe = Recipe(width=width, nodes=nodes, aux_weight=0.1 if aux else 0.0)
-    spec = ModelSpec(kind=kind, recipe=recipe, space=space)
-    return build(spec, CLASSES, fast=fast), KINDS[kind].sampling
-
-
 def trainer(kind: str, space: int, device: torch.device, width: float = WIDTH, nodes: int = NODES,
             aux: bool = False, bf16: bool | None = None, seed: int = 0,
             settings: runtime.Settings = runtime.Settings()) -> tuple[torch.nn.Module, Step]:
@@ -84,15 +71,15 @@ def trainer(kind: str, space: int, device: torch.device, width: float = WIDTH, n
     settings) and the trainer's own step (`step.supervised_step`): architectures drawn as
     the kind samples them, bf16 autocast (default: on CUDA, as in training)."""
     torch.manual_seed(seed)
-    model, sampling = bench_model(kind, space, width, nodes, aux, fast=settings.fast_stage(device))
-    model = runtime.compile_nodes(model.to(device).to(memory_format=torch.channels_last), device, settings).train()
+    spec = ModelSpec(kind=kind, recipe=Recipe(width=width, nodes=nodes, aux_weight=0.1 if aux else 0.0), space=space)
+    model = build(spec, CLASSES, fast=settings.fast_stage(device)).to(device).to(memory_format=torch.channels_last)
+    model = runtime.compile_nodes(model, device, settings).train()
     opt = optimizer(model, Recipe())
     gen = torch.Generator().manual_seed(seed)
-    bf16 = device.type == "cuda" if bf16 is None else bf16
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    amp = runtime.autocast(device, "bf16" if (device.type == "cuda" if bf16 is None else bf16) else "fp32")
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        arch = draw_archs(sampling, model.num_archs, len(x), len(x), gen)
+        arch = draw_archs(KINDS[kind].sampling, model.num_archs, len(x), len(x), gen)
         return supervised_step(model, opt, x, y, arch, 0.1, amp)[0]
 
     return model, step
@@ -105,10 +92,10 @@ def random_batch(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Ten
 
 # ----------------------------------------------------------------------------- CPU
 
-def round_robin(steps: dict[str, Step], x: torch.Tensor, y: torch.Tensor, rounds: int,
-                warmup: int = WARMUP) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU seconds of `rounds` steps per variant, interleaved A B C A B C."""
-    for _ in range(warmup):
+def round_robin(steps: dict[str, Step], x: torch.Tensor, y: torch.Tensor,
+                rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds of `rounds` steps per variant after WARMUP, interleaved A B C A B C."""
+    for _ in range(WARMUP):
         for step in steps.values():
             step(x, y)
     wall: dict[str, list[float]] = {k: [] for k in steps}
@@ -161,8 +148,7 @@ def memory_child(variant: str, steps: int = 6) -> None:
     import resource
     settings = runtime.Settings.from_env()   # a process of its own: an entry point
     runtime.keep_freed_memory(settings)
-    kind, space = VARIANTS[variant]
-    _, step = trainer(kind, space, torch.device("cpu"), settings=settings)
+    _, step = trainer(*VARIANTS[variant], torch.device("cpu"), settings=settings)
     x, y = random_batch(BATCH, torch.device("cpu"))
     before = _peak_rss_kib()
     step(x, y)
@@ -181,13 +167,6 @@ def peak_memory(variant: str, keep_freed: bool = True) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def profile_table(step: Step, x: torch.Tensor, y: torch.Tensor, rows: int = 15) -> str:
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(x, y)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-
-
 def _row(variant, metric, value, ratio=None, target="", met=None) -> dict:
     return dict(variant=variant, metric=metric, value=round(value, 4),
                 ratio=None if ratio is None else round(ratio, 3), target=target, met=met)
@@ -198,16 +177,16 @@ def main(args) -> int:
         raise ValueError(f"--steps must be at least 3 for a median with a spread, got {args.steps}")
     t_start = time.time()
     device = torch.device("cpu")
-    settings = args.settings
-    runtime.keep_freed_memory(settings)   # as the trainer's entry points do
-    threads = torch.get_num_threads()
-    print(f"nsa bench: CPU, {threads} threads, width {WIDTH:g}, {NODES} nodes, batch {BATCH}, "
+    runtime.keep_freed_memory(args.settings)   # as the trainer's entry points do
+    print(f"nsa bench: CPU, {torch.get_num_threads()} threads, width {WIDTH:g}, {NODES} nodes, batch {BATCH}, "
           f"S = {SPACE}; {WARMUP} warm-up + {args.steps} timed steps per variant, round-robin, medians; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    models, steps, first_compiled = _cpu_trainers(device, settings)
+    models, steps, first_compiled = _cpu_trainers(device, args.settings)
     x, y = random_batch(BATCH, device)
     wall, cpu = round_robin(steps, x, y, args.steps)
-    table = profile_table(steps["nsa-i"], x, y)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        steps["nsa-i"](x, y)
 
     ips = {k: BATCH / statistics.median(v) for k, v in wall.items()}
     rows = _throughput_rows(ips, wall, cpu)
@@ -228,7 +207,8 @@ def main(args) -> int:
           "size), vs the reference implementation; memory = peak RSS growth over a fresh "
           "process's first step")
     print(df.fillna("").to_string(index=False))
-    print(f"\ntorch.profiler, one NSA-i training step (self CPU time):\n{table}")
+    print("\ntorch.profiler, one NSA-i training step (self CPU time):\n"
+          + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     print(f"wrote {out} in {time.time() - t_start:.0f} s (load average now {os.getloadavg()[0]:.1f})")
     return 0
 

@@ -20,7 +20,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +37,7 @@ from .checkpoint import atomic_save
 from .config import ModelSpec, Recipe
 from .kinds import KINDS
 from .network import WiredNet
-from .profiles import Profile, at_paper_scale, get_profile
+from .profiles import PROFILES, Profile, at_paper_scale, get_profile, override_profile
 
 CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule", "kind")
 
@@ -53,8 +54,7 @@ def _in_notebook() -> bool:
         from IPython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    return type(get_ipython()).__name__ == "ZMQInteractiveShell"   # None outside IPython
 
 
 def show(text: str) -> None:
@@ -74,8 +74,7 @@ def saved_timings(folder: Path) -> dict[str, float]:
 def save_timings(folder: Path, timings: dict[str, float]) -> None:
     """timings.json holds the latest wall time of every notebook (and of `train-all`), for
     reports written later."""
-    known = saved_timings(folder)
-    known.update({k: round(v, 1) for k, v in timings.items()})
+    known = saved_timings(folder) | {k: round(v, 1) for k, v in timings.items()}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "timings.json").write_text(json.dumps(known, indent=2, sort_keys=True))
 
@@ -91,9 +90,8 @@ class Trained:
 
     @property
     def label(self) -> str:
-        s = self.spec
-        return f"{KINDS[s.kind].label}" + (f" S={s.space}" if not KINDS[s.kind].fixed else "") + \
-            (f" #{s.arch_index}" if KINDS[s.kind].wiring == "one" else "")
+        s, k = self.spec, KINDS[self.spec.kind]
+        return k.label + ("" if k.fixed else f" S={s.space}") + (f" #{s.arch_index}" if k.wiring == "one" else "")
 
 
 @dataclass
@@ -144,14 +142,12 @@ class Experiment:
         """compute(), kept in results/<profile>/_shared under `name` and a hash of `key` (what
         the result depends on: models, test images, settings), so that notebooks that need the
         same numbers (02 reuses 01's scores, 06 and 07 reuse 05's probabilities) compute them once."""
-        folder = paths.writable_folder(Path(self.out).parent / "_shared", "results folder")
+        folder = paths.writable_folder(self.out.parent / "_shared", "results folder")
         tag = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         path = folder / f"{name}_{tag}.pt"
         if path.is_file():
-            try:
+            with suppress(Exception):   # torn or foreign: computed again
                 return torch.load(path, weights_only=False)
-            except Exception:   # torn or foreign: computed again
-                pass
         value = compute()
         atomic_save(value, path)
         return value
@@ -188,18 +184,19 @@ class Experiment:
         return at_paper_scale(self.profile, self.knobs)
 
     # ---------------------------------------------------------------------- outputs
-    def _record(self, path: Path) -> str:
-        return path.relative_to(self.out.parent).as_posix()
+    def _record(self, path: Path, into: list[str]) -> Path:
+        """Keep `path` in `into` (self.figures or self.tables), relative to results/<profile>/."""
+        rel = path.relative_to(self.out.parent).as_posix()
+        if rel not in into:
+            into.append(rel)
+        return path
 
     def save_figure(self, fig, name: str) -> Path:
         """`name`.png (dpi 150) and `name`.svg under exp.out; the figure stays open."""
         png = self.out / f"{name}.png"
         fig.savefig(png, dpi=150, bbox_inches="tight")
         fig.savefig(self.out / f"{name}.svg", bbox_inches="tight")
-        rel = self._record(png)
-        if rel not in self.figures:
-            self.figures.append(rel)
-        return png
+        return self._record(png, self.figures)
 
     def figure(self, fig, name: str) -> None:
         """Save the figure (save_figure), then show it in a notebook; close it elsewhere."""
@@ -211,18 +208,11 @@ class Experiment:
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         path = self.out / f"{name}.csv"
         df.to_csv(path, index=False)
-        rel = self._record(path)
-        if rel not in self.tables:
-            self.tables.append(rel)
-        return path
+        return self._record(path, self.tables)
 
     def settings_table(self, recipe: str, keys: list[str]) -> pd.DataFrame:
         """This run's values of some settings beside the paper's: a recipe key of the profile's
         `recipe` ('understand', 'explore'; 'semi.KEY' of the semi-supervised one) or a knob."""
-        from dataclasses import fields
-
-        from .profiles import PROFILES
-
         recipe_keys = {f.name for f in fields(Recipe)}
 
         def value(p: Profile, key: str) -> Any:
@@ -235,9 +225,8 @@ class Experiment:
     def overview(self, specs: list[ModelSpec]) -> None:
         """Say which models this notebook uses (the plan's), and how long its last run took
         (timings.json of `make reproduce`), from the run's own records."""
-
-        kinds = ", ".join(dict.fromkeys(f"{KINDS[s.kind].label}" + (f" ({s.semi})" if s.semi else "") for s in specs))
-        last = saved_timings(Path(self.out).parent).get(self.notebook)
+        kinds = ", ".join(dict.fromkeys(KINDS[s.kind].label + (f" ({s.semi})" if s.semi else "") for s in specs))
+        last = saved_timings(self.out.parent).get(self.notebook)
         self.say(f"**Models.** {len(specs)} from the model cache (trained first if missing: `make reproduce` trains "
                  f"them all before the notebooks): {kinds}. "
                  + (f"**Last run** of this notebook by `make reproduce` at this profile: {last / 60:.1f} min "
@@ -290,7 +279,6 @@ def setup(notebook: str, profile: str | Profile | None = None, data_dir: str | P
     results_dir None -> $NSA_RESULTS_DIR, else <repo>/results; models cached in
     $NSA_MODELS_DIR, else <results>/models (paths.py)."""
     import seaborn as sns
-    from .profiles import override_profile
 
     prof = override_profile(profile, overrides) if isinstance(profile, Profile) else \
         get_profile(profile or os.environ.get("NSA_PROFILE") or "tiny", overrides)

@@ -99,14 +99,10 @@ def cycled(n: int, start: int, count: int, seed: int, device: torch.device) -> t
     """Positions start..start+count of an endless sequence of random passes over range(n),
     each pass a permutation seeded by (seed, pass): the labelled images of a semi-supervised
     run, without replacement within a pass, and stateless, so resuming needs no extra state."""
-    out, pos = [], start
-    while pos < start + count:
-        p, offset = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + p))
-        take = min(n - offset, start + count - pos)
-        out.append(perm[offset:offset + take])
-        pos += take
-    return torch.cat(out).to(device)
+    first = start // n
+    passes = [torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + p))
+              for p in range(first, (start + count - 1) // n + 1)]
+    return torch.cat(passes)[start - first * n:start - first * n + count].to(device)
 
 
 # ------------------------------------------------------------------------------ a run
@@ -129,7 +125,10 @@ class Run:
     def total(self) -> int:
         return self.steps * self.spec.recipe.epochs
 
-    def say(self, msg: str) -> None:
+    def say(self, msg: str, warn: bool = False) -> None:
+        """A line of train.log; `warn`: on stderr too."""
+        if warn:
+            tqdm.write(msg, file=sys.stderr)
         with open(self.folder / "train.log", "a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
@@ -180,9 +179,7 @@ def resume(run: Run) -> None:
         try:
             state = load_checkpoint(path, run.spec)
         except CheckpointError as e:
-            msg = f"nsa: {e}; not using it"
-            tqdm.write(msg, file=sys.stderr)
-            run.say(msg)
+            run.say(f"nsa: {e}; not using it", warn=True)
             continue
         run.model.load_state_dict(state["model"])
         run.opt.load_state_dict(state["opt"])
@@ -190,26 +187,13 @@ def resume(run: Run) -> None:
         run.progress = state["progress"]
         threads = state.get("threads")
         if threads is not None and threads != torch.get_num_threads():
-            msg = (f"nsa: resuming with {torch.get_num_threads()} threads where the run started with {threads}: "
-                   "the weights will match neither uninterrupted run bit for bit")
-            tqdm.write(msg, file=sys.stderr)
-            run.say(msg)
+            run.say(f"nsa: resuming with {torch.get_num_threads()} threads where the run started with {threads}: "
+                    "the weights will match neither uninterrupted run bit for bit", warn=True)
         run.say(f"resumed from {path.name} at epoch {run.progress['epoch']} step {run.progress['step']}")
         return
 
 
 # ---------------------------------------------------------------------------- the loop
-
-def _epoch_order(run: Run, epoch: int) -> tuple[torch.Tensor, list | None, int]:
-    """This epoch's order of (unlabelled, if semi-supervised) images, the accumulators and
-    the first step: from the checkpoint when it stopped inside this epoch."""
-    p = run.progress
-    if p["perm"] is not None and epoch == p["epoch"]:
-        return p["perm"], p["acc"], p["step"]
-    first = run.data.labelled if run.spec.semi else 0
-    base = torch.arange(first, len(run.data.y))
-    return base[torch.randperm(len(base), generator=run.gens["data"])], None, 0
-
 
 def _step(run: Run, g: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on images `idx` (global step g); returns the loss, the logits and
@@ -230,24 +214,18 @@ def _step(run: Run, g: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return loss, logits, y, cons
 
 
-def _check_finite(run: Run, recent: list[torch.Tensor], epoch: int, step: int) -> None:
-    losses = torch.stack(recent).cpu()
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        s_bad = step - len(recent) + 1 + int(bad[0])
-        raise FloatingPointError(
-            f"{run.spec.kind}: non-finite training loss at epoch {epoch + 1}, step {s_bad + 1} "
-            f"of {run.steps}; try a lower learning rate (--set lr=...)")
-
-
 def train_epoch(run: Run, epoch: int, bar: tqdm, stop: _Stop, on_step: Callable[[int], None] | None) -> dict:
     """One epoch (or its rest, after a resume); returns its row of the history."""
     r = run.spec.recipe
     run.model.train()
-    perm, acc, first = _epoch_order(run, epoch)
+    p = run.progress
+    if p["perm"] is not None and epoch == p["epoch"]:   # the checkpoint stopped inside this epoch
+        perm, acc, first = p["perm"], p["acc"], p["step"]
+    else:   # a fresh order of the (unlabelled, if semi-supervised) images
+        base = torch.arange(run.data.labelled if run.spec.semi else 0, len(run.data.y))
+        perm, acc, first = base[torch.randperm(len(base), generator=run.gens["data"])], None, 0
     perm_dev = perm.to(run.device)
-    sums = [torch.zeros((), device=run.device) if acc is None else torch.as_tensor(v, device=run.device)
-            for v in (acc or [0, 0, 0, 0])]        # loss, correct, seen, consistency
+    sums = [torch.tensor(v, device=run.device) for v in acc or [0.0] * 4]   # loss, correct, seen, consistency
     recent: list[torch.Tensor] = []
     t0 = time.time()
     for step in range(first, run.steps):
@@ -260,7 +238,11 @@ def train_epoch(run: Run, epoch: int, bar: tqdm, stop: _Stop, on_step: Callable[
         recent.append(loss)
         bar.update(1)
         if len(recent) == r.log_every or step == run.steps - 1 or stop.sig:
-            _check_finite(run, recent, epoch, step)
+            bad = (~torch.isfinite(torch.stack(recent).cpu())).nonzero()
+            if len(bad):   # the first non-finite loss since the last check
+                raise FloatingPointError(f"{run.spec.kind}: non-finite training loss at epoch {epoch + 1}, step "
+                                         f"{step - len(recent) + 2 + int(bad[0])} of {run.steps}; "
+                                         "try a lower learning rate (--set lr=...)")
             recent.clear()
             bar.set_postfix(epoch=f"{epoch + 1}/{r.epochs}", loss=f"{(sums[0] / sums[2]).item():.3f}",
                             acc=f"{(sums[1] / sums[2]).item():.3f}", refresh=False)
@@ -369,28 +351,22 @@ def train(spec: ModelSpec, folder: Path, data_dir=None, device=None, progress: b
     `settings`: how this machine runs it (runtime.Settings, read by the entry points)."""
     run = prepare(spec, Path(folder), data_dir, device, settings)
     try:
-        return _run(run, progress, on_step, signals)
+        resume(run)
+        p = run.progress
+        bar = tqdm(total=run.total, initial=p["epoch"] * run.steps + p["step"], unit="step", disable=not progress,
+                   dynamic_ncols=True, file=sys.stderr,
+                   desc=f"{spec.kind} S={spec.space} {runtime.precision(run.device, spec.recipe.precision)}")
+        try:
+            with stop_signals(signals) as stop:
+                for epoch in range(p["epoch"], spec.recipe.epochs):
+                    row = train_epoch(run, epoch, bar, stop, on_step)
+                    run.progress["history"].append(row)
+                    run.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                    run.save(epoch + 1, 0, None, None)
+        finally:
+            bar.close()   # before any error message, or the bar is redrawn after it
+        return run.model.eval(), finish(run)
     except Exception as e:   # a failed run's folder says why; an interrupted one just resumes
         with suppress(OSError):   # a full disk may be why it failed
             (run.folder / FAILED).write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
         raise
-
-
-def _run(run: Run, progress: bool, on_step: Callable[[int], None] | None,
-         signals: StopSignals | None) -> tuple[WiredNet, pd.DataFrame]:
-    spec = run.spec
-    resume(run)
-    p = run.progress
-    bar = tqdm(total=run.total, initial=p["epoch"] * run.steps + p["step"], unit="step", disable=not progress,
-               dynamic_ncols=True, file=sys.stderr,
-               desc=f"{spec.kind} S={spec.space} {runtime.precision(run.device, spec.recipe.precision)}")
-    try:
-        with stop_signals(signals) as stop:
-            for epoch in range(p["epoch"], spec.recipe.epochs):
-                row = train_epoch(run, epoch, bar, stop, on_step)
-                run.progress["history"].append(row)
-                run.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-                run.save(epoch + 1, 0, None, None)
-    finally:
-        bar.close()   # before any error message, or the bar is redrawn after it
-    return run.model.eval(), finish(run)
