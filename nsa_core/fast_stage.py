@@ -108,14 +108,20 @@ class Gather:
         return _nchw(a.view(buf.shape[1:]))
 
 
-def _gather(reads: np.ndarray, coef: torch.Tensor, coef_order: tuple[int, int, int],
-            unit: np.ndarray) -> Gather:
-    """The gather of `reads` [R, B, R] (reads[j, b, k]: example b's aggregate j reads slot
-    k). Its weights are `coef` [B, R, R] at the (example, aggregate, slot) triple put in
-    `coef_order`, which is how a transposed gather reads the forward's coefficients."""
+def _gather(wiring: np.ndarray, coef: torch.Tensor, means: bool, backward: bool = False) -> Gather:
+    """The forward's gather: aggregate j reads slot i of example b with weight coef[b, j, i]
+    where wiring[b, j, i] (wiring [B, N+1, N+1] 0/1, row = consumer; coef on the device).
+    `backward`: its transpose, in which the gradient of slot k gathers the aggregate gradients
+    of the rows j that read it, with the same weights coef[b, j, k]."""
+    # reads[j, b, k]: example b's aggregate j reads slot k (backward: slot j's gradient, row k's)
+    reads = wiring.transpose(2, 0, 1) if backward else wiring.transpose(1, 0, 2)
     R, B, _ = reads.shape
     agg, b, slot = np.nonzero(reads)
     counts = reads.sum(-1)                                                  # [R, B]
+    # The diagonal is always on, so a lone input is slot j itself; plain means give it 1.
+    unit = means & (counts == 1).all(1)
+    if backward:    # slot k's lone reader is row k, whose weight is 1 if row k has one input too
+        unit &= (wiring.sum(-1) == 1).all(0)
     offsets = np.concatenate([np.zeros((R, 1), np.int64), np.cumsum(counts, 1)[:, :-1]], 1)
     # one host-to-device copy for all the index lists (pinned on CUDA: no stream sync)
     packed = torch.from_numpy(np.concatenate([slot * B + b, offsets.ravel(), b, agg, slot]))
@@ -123,30 +129,11 @@ def _gather(reads: np.ndarray, coef: torch.Tensor, coef_order: tuple[int, int, i
         packed = packed.pin_memory()
     packed = packed.to(coef.device, non_blocking=True)
     nnz = len(b)
-    index, flat_offsets, *triple = packed.split([nnz, offsets.size, nnz, nnz, nnz])
+    index, flat_offsets, bt, at, st = packed.split([nnz, offsets.size, nnz, nnz, nnz])
     return Gather(index=index, offsets=flat_offsets.view(offsets.shape),
-                  values=coef[tuple(triple[i] for i in coef_order)], entries=tuple(triple),
-                  starts=np.concatenate([[0], np.cumsum(counts.sum(1))]), unit=unit)
-
-
-def forward_gather(wiring: np.ndarray, coef: torch.Tensor, means: bool) -> Gather:
-    """Aggregate j reads slot i of example b with weight coef[b, j, i] where wiring[b, j, i]
-    (wiring [B, N+1, N+1] 0/1, row = consumer; coef on the device)."""
-    reads = wiring.transpose(1, 0, 2)                                       # [j, b, i]
-    # The diagonal is always on, so a lone input is slot j itself; plain means give it 1.
-    unit = means & (reads.sum(-1) == 1).all(1)
-    g = _gather(reads, coef, (0, 1, 2), unit)
-    g.direct = unit & (wiring.sum(1) == 1).all(0)
-    return g
-
-
-def backward_gather(wiring: np.ndarray, coef: torch.Tensor, means: bool) -> Gather:
-    """The transpose of `forward_gather`: the gradient of slot k gathers the aggregate
-    gradients of the rows j that read it, with the same weights coef[b, j, k]."""
-    reads = wiring.transpose(2, 0, 1)                                       # [k, b, j]
-    # slot k's lone reader is row k, whose weight is 1 if row k has one input too
-    unit = means & (reads.sum(-1) == 1).all(1) & (wiring.sum(-1) == 1).all(0)
-    return _gather(reads, coef, (0, 2, 1), unit)
+                  values=coef[(bt, st, at) if backward else (bt, at, st)], entries=(bt, at, st),
+                  starts=np.concatenate([[0], np.cumsum(counts.sum(1))]), unit=unit,
+                  direct=None if backward else unit & (wiring.sum(1) == 1).all(0))
 
 
 def _store(buf: torch.Tensor, fwd: Gather, k: int, y: torch.Tensor) -> torch.Tensor:
@@ -183,14 +170,6 @@ def _bn_output_again(bn: nn.Module, c: torch.Tensor, arch: torch.Tensor | None, 
         bn.training, bn.track_running_stats = saved
 
 
-def _coef_grad(g: torch.Tensor, buf: torch.Tensor, fwd: Gather, coef: torch.Tensor) -> torch.Tensor:
-    """d loss / d coef[b, j, i] = <g[j, b], buf[i, b]> where example b's aggregate j reads
-    slot i, and 0 elsewhere (the aggregate never reads it). One batched product of the
-    stage's aggregate gradients with its slots, [B, R, D] x [B, D, R], no copies."""
-    dots = torch.bmm(g.flatten(2).transpose(0, 1), buf.flatten(2).permute(1, 2, 0))
-    return torch.zeros_like(coef).index_put_(fwd.entries, dots[fwd.entries].to(coef.dtype))
-
-
 class _FastStage(torch.autograd.Function):
     """The stage with the aggregation done by gathers, forward and backward.
 
@@ -207,7 +186,7 @@ class _FastStage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, wiring, nodes, arch, record, *params):
-        fwd = forward_gather(wiring.wiring, coef.to(x.dtype), wiring.means)
+        fwd = _gather(wiring.wiring, coef.to(x.dtype), wiring.means)
         # the coefficients' gradient (learned coefficients: NSA-id) reads every slot again;
         # the slots are recomputed from the nodes' BN inputs (kept by their BN anyway)
         # rather than kept in the whole buffer
@@ -256,7 +235,7 @@ class _FastStage(torch.autograd.Function):
             raise RuntimeError("a fast stage's node graphs are freed by its first backward; "
                                "build the network with fast=False (NSA_STAGE=reference) to backward through it twice")
         coef, x = ctx.saved_tensors
-        bwd = backward_gather(ctx.host_wiring, coef.to(grad_out.dtype), ctx.means)
+        bwd = _gather(ctx.host_wiring, coef.to(grad_out.dtype), ctx.means, backward=True)
         g = grad_out.new_empty(ctx.shape)          # g[j]: gradient of aggregate j
         n = len(ctx.graphs)
         g[n].copy_(_nhwc(grad_out))
@@ -286,7 +265,11 @@ class _FastStage(torch.autograd.Function):
             for k, c in enumerate(ctx.bn_inputs, start=1):
                 buf[k].copy_(_nhwc(_bn_output_again(ctx.nodes[k - 1].bn, c, ctx.arch, ctx.bn_modes[k - 1])))
             ctx.bn_inputs = None
-            gcoef = _coef_grad(g, buf, ctx.fwd, coef)
+            # d loss / d coef[b, j, i] = <g[j, b], buf[i, b]> where example b's aggregate j reads
+            # slot i, 0 elsewhere: one batched product of the aggregate gradients with the slots,
+            # [B, R, D] x [B, D, R], no copies
+            dots = torch.bmm(g.flatten(2).transpose(0, 1), buf.flatten(2).permute(1, 2, 0))
+            gcoef = torch.zeros_like(coef).index_put_(ctx.fwd.entries, dots[ctx.fwd.entries].to(coef.dtype))
         return (gx, gcoef, None, None, None, None, *gparams)
 
 

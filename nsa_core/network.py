@@ -149,7 +149,7 @@ class WiredNet(nn.Module):
         S = len(space)
         archs = S if cfg.cond_bn else 0
         c = [round(16 * cfg.width), round(32 * cfg.width), round(64 * cfg.width)]
-        self.register_buffer("space", torch.from_numpy(space.astype(np.float32)), persistent=True)
+        self.register_buffer("space", torch.from_numpy(space.astype(np.float32)))
         self._space_np = space.astype(bool)   # host copy: the gathers are built without a device sync
         self.register_buffer("norm_space", torch.from_numpy(wspace.normalise(space)), persistent=False)
         self.agg = nn.Parameter(torch.ones(S, 3, cfg.nodes + 1, cfg.nodes + 1)) if cfg.cond_agg else None
@@ -159,9 +159,6 @@ class WiredNet(nn.Module):
         self.transitions = nn.ModuleList(Transition(c[k], c[k + 1], archs, fast) for k in range(2))
         self.fc = nn.Linear(c[2], cfg.classes)
         self.aux = AuxHead(c[2], cfg.classes) if cfg.aux else None
-        self._init_weights()
-
-    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -244,5 +241,3 @@ class WiredNet(nn.Module):
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-__all__ = ["NetConfig", "WiredNet", "CondBN", "StageWiring", "count_params"]
