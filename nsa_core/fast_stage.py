@@ -22,18 +22,11 @@ each example reads about 2.2 per node. This module computes the same outputs and
   with running statistics (eval) it is one gathered scale-and-shift, y = x·scale[b] + shift[b].
 
 Measured with `make bench` (CPU, 1 thread, AMD EPYC, width 1, 8 nodes, batch 128, S = 500,
-a full SGD step, medians of 16 interleaved steps; 2026-12-01, a second job loading the
-2 cores, so the ratios within a run are the firmer numbers), training images/s and the
-peak RSS growth of a first step:
-
-                 fast path                       NSA_STAGE=reference
-    fixed net    94.8 img/s            447 MiB    87.4 img/s            532 MiB
-    NSA-i        91.1 (0.96 x fixed)   449 MiB    73.1 (0.84 x fixed)   920 MiB
-    NSA-id       76.4 (0.81 x fixed)   679 MiB    58.9 (0.67 x fixed)  1049 MiB
-
-With the two paths' steps interleaved in one process, the fast path is 1.05x (fixed), 1.27x
-(NSA-i) and 1.37x (NSA-id) as fast as the reference; a fixed wiring gains least, each node
-reading about as many slots either way. Later measurements: docs/measurements.md.
+a full SGD step; 2026-12-01): with the two paths' steps interleaved in one process, the fast
+path is 1.05x (fixed), 1.27x (NSA-i) and 1.37x (NSA-id) as fast as the reference; run alone,
+a first step's peak RSS grows by 447, 449 and 679 MiB against the reference's 532, 920 and
+1049 MiB. A fixed wiring gains least: each node reads about as many slots either way. Later
+measurements: docs/measurements.md.
 
 The price: a hand-written backward that must stay equal to `Stage.forward` (the tests check
 every gradient), index lists built on the host for every batch (one host-to-device copy per

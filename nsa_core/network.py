@@ -225,10 +225,8 @@ class WiredNet(nn.Module):
         return (logits, aux) if with_aux else logits
 
     def _resolve_arch(self, arch, B: int, device):
-        if arch is None:
-            arch = 0
-        if isinstance(arch, (int, np.integer)):
-            arch = torch.full((B,), int(arch), dtype=torch.long)
+        if arch is None or isinstance(arch, (int, np.integer)):
+            arch = torch.full((B,), int(arch or 0), dtype=torch.long)    # None: index 0
         arch = torch.as_tensor(arch)
         if arch.shape != (B,):
             raise ValueError(f"arch: expected one index per example, shape ({B},), got {tuple(arch.shape)}")
