@@ -81,15 +81,13 @@ class Stage(nn.Module):
 
         Slot 0 holds the stage input, slot k node k-1's output. Node j's input is, for each
         example, the sum over slots i of coef[b, j, i] x slot i; a slot no example of the
-        batch reads is skipped. The stage output is the last row's sum, without a ReLU (the
-        transition and the head apply their own). `fast_stage` computes the same faster."""
+        batch reads (it would only add zeros) is skipped. The stage output is the last row's sum."""
         if self.fast:
             return fast_stage.stage_forward(self.nodes, x, gather, arch)
         coef = gather.coef.to(x.dtype)
         read = gather.wiring.any(0)    # read[j, i]: some example's row j reads slot i
-        slots = [x]                    # slot 0: the stage input; slot k: node k-1's output
+        slots = [x]
         for j in range(len(self.nodes) + 1):
-            # a slot that no example reads would only add zeros
             terms = [coef[:, j, i, None, None, None] * slots[i] for i in np.flatnonzero(read[j])]
             a = sum(terms[1:], start=terms[0])
             if j == len(self.nodes):
