@@ -62,9 +62,8 @@ class Recipe:
     eval_every: int | None = field(default=None, metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
-        positive = ("synthetic_size", "width", "nodes", "epochs", "batch_size", "lr", "labelled",
-                    "eval_batch", "log_every")
-        for name in positive:
+        for name in ("synthetic_size", "width", "nodes", "epochs", "batch_size", "lr", "labelled",
+                     "eval_batch", "log_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size", "unlabelled", "eval_every"):

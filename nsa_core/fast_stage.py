@@ -180,9 +180,8 @@ class _FastStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coef, wiring, nodes, arch, record, *params):
         fwd = _gather(wiring.wiring, coef.to(x.dtype), wiring.means)
-        # the coefficients' gradient (learned coefficients: NSA-id) reads every slot again;
-        # the slots are recomputed from the nodes' BN inputs (kept by their BN anyway)
-        # rather than kept in the whole buffer
+        # the coefficients' gradient (learned coefficients: NSA-id) reads every slot again: the
+        # backward rebuilds the slots from the nodes' BN inputs rather than keep the whole buffer
         want_coef = record and ctx.needs_input_grad[1]
         B, C, H, W = x.shape
         buf = x.new_empty(len(fwd.unit), B, H, W, C)
@@ -215,7 +214,7 @@ class _FastStage(torch.autograd.Function):
             ctx.graphs, ctx.params = graphs, params
             ctx.owned = [range(a, b) for a, b in pairwise(starts)]
             ctx.fwd, ctx.host_wiring, ctx.means = fwd, wiring.wiring, wiring.means
-            ctx.shape = (len(fwd.unit), B, H, W, C)
+            ctx.shape = buf.shape
             ctx.nodes, ctx.arch, ctx.bn_inputs = nodes, arch, bn_inputs
             ctx.bn_modes = [(node.bn.training, node.bn.track_running_stats) for node in nodes]
             ctx.save_for_backward(coef, x if want_coef else None)

@@ -141,8 +141,7 @@ class WiredNet(nn.Module):
     def __init__(self, space: np.ndarray, cfg: NetConfig = NetConfig(), fast: bool = False):
         super().__init__()
         space = wspace.validate_architecture(space, cfg.nodes)
-        if space.ndim == 3:
-            space = space[None]
+        space = space.reshape(-1, *space.shape[-3:])    # [S, 3, N+1, N+1]
         self.cfg = cfg
         S = len(space)
         archs = S if cfg.cond_bn else 0
