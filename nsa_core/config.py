@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -63,9 +62,8 @@ class Recipe:
     eval_every: int | None = field(default=None, metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
-        positive = ("synthetic_size", "width", "nodes", "epochs", "batch_size", "lr", "labelled",
-                    "eval_batch", "log_every")
-        for name in positive:
+        for name in ("synthetic_size", "width", "nodes", "epochs", "batch_size", "lr", "labelled",
+                     "eval_batch", "log_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size", "unlabelled", "eval_every"):
@@ -172,30 +170,26 @@ def override(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
 
 def convert(value: Any, hint: Any, key: str) -> Any:
     """`value` as type `hint` (int, float, str, bool, tuple[X, ...], X | None, a dataclass)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) < len(typing.get_args(hint))
-    if optional:
+    if type(None) in typing.get_args(hint):    # X | None
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             return None
-        return convert(value, args[0], key)
+        return convert(value, next(a for a in typing.get_args(hint) if a is not type(None)), key)
     if is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if isinstance(value, dict):
-            return override(hint(), value) if hint is Recipe else override(hint(**value), {})
+            return override(hint(), value) if hint is Recipe else hint(**value)
         raise ValueError(f"{key} takes a {hint.__name__}, got {value!r}")
     if typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
         if isinstance(value, str):
             text = value.strip()
             try:
-                parsed = ast.literal_eval(text) if text else ()
+                value = ast.literal_eval(text) if text else ()
             except (ValueError, SyntaxError):
-                parsed = [v.strip() for v in text.split(",") if v.strip()]
-            value = parsed if isinstance(parsed, (list, tuple)) else (parsed,)
+                value = [v.strip() for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = (value,)
-        return tuple(convert(v, item, key) for v in value)
+        return tuple(convert(v, typing.get_args(hint)[0], key) for v in value)
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{key} takes a word, got {value!r}")

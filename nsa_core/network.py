@@ -81,15 +81,13 @@ class Stage(nn.Module):
 
         Slot 0 holds the stage input, slot k node k-1's output. Node j's input is, for each
         example, the sum over slots i of coef[b, j, i] x slot i; a slot no example of the
-        batch reads is skipped. The stage output is the last row's sum, without a ReLU (the
-        transition and the head apply their own). `fast_stage` computes the same faster."""
+        batch reads (it would only add zeros) is skipped. The stage output is the last row's sum."""
         if self.fast:
             return fast_stage.stage_forward(self.nodes, x, gather, arch)
         coef = gather.coef.to(x.dtype)
         read = gather.wiring.any(0)    # read[j, i]: some example's row j reads slot i
-        slots = [x]                    # slot 0: the stage input; slot k: node k-1's output
+        slots = [x]
         for j in range(len(self.nodes) + 1):
-            # a slot that no example reads would only add zeros
             terms = [coef[:, j, i, None, None, None] * slots[i] for i in np.flatnonzero(read[j])]
             a = sum(terms[1:], start=terms[0])
             if j == len(self.nodes):
@@ -143,13 +141,12 @@ class WiredNet(nn.Module):
     def __init__(self, space: np.ndarray, cfg: NetConfig = NetConfig(), fast: bool = False):
         super().__init__()
         space = wspace.validate_architecture(space, cfg.nodes)
-        if space.ndim == 3:
-            space = space[None]
+        space = space.reshape(-1, *space.shape[-3:])    # [S, 3, N+1, N+1]
         self.cfg = cfg
         S = len(space)
         archs = S if cfg.cond_bn else 0
         c = [round(16 * cfg.width), round(32 * cfg.width), round(64 * cfg.width)]
-        self.register_buffer("space", torch.from_numpy(space.astype(np.float32)), persistent=True)
+        self.register_buffer("space", torch.from_numpy(space.astype(np.float32)))
         self._space_np = space.astype(bool)   # host copy: the gathers are built without a device sync
         self.register_buffer("norm_space", torch.from_numpy(wspace.normalise(space)), persistent=False)
         self.agg = nn.Parameter(torch.ones(S, 3, cfg.nodes + 1, cfg.nodes + 1)) if cfg.cond_agg else None
@@ -159,9 +156,6 @@ class WiredNet(nn.Module):
         self.transitions = nn.ModuleList(Transition(c[k], c[k + 1], archs, fast) for k in range(2))
         self.fc = nn.Linear(c[2], cfg.classes)
         self.aux = AuxHead(c[2], cfg.classes) if cfg.aux else None
-        self._init_weights()
-
-    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -228,10 +222,8 @@ class WiredNet(nn.Module):
         return (logits, aux) if with_aux else logits
 
     def _resolve_arch(self, arch, B: int, device):
-        if arch is None:
-            arch = 0
-        if isinstance(arch, (int, np.integer)):
-            arch = torch.full((B,), int(arch), dtype=torch.long)
+        if arch is None or isinstance(arch, (int, np.integer)):
+            arch = torch.full((B,), int(arch or 0), dtype=torch.long)    # None: index 0
         arch = torch.as_tensor(arch)
         if arch.shape != (B,):
             raise ValueError(f"arch: expected one index per example, shape ({B},), got {tuple(arch.shape)}")
@@ -244,5 +236,3 @@ class WiredNet(nn.Module):
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-__all__ = ["NetConfig", "WiredNet", "CondBN", "StageWiring", "count_params"]

@@ -116,23 +116,21 @@ PROFILES: dict[str, Profile] = {
     # paper: 300 epochs of the full set per model, more than a day's limit on many clusters:
     # the job is requeued at its time limit and resumes from its last checkpoint.
     "paper": Profile(name="paper"),
-    # tiny: sized so that the whole suite (00-09) runs within 90 minutes on a 2-core AMD EPYC
-    # without native bf16 (fp32), where the committed results/tiny run took 64 minutes (its
-    # `make bench` fixed net: 177 img/s on one thread that day; 2-core machines measured
-    # 110-280 img/s, so scale by yours). The budget goes where the claims a CPU can decide are: the models
-    # of Secs. 3-4 (the tour and 01-04) train 1,200 steps of 128 images (6 epochs of a
-    # class-balanced 25,600-image subset): NSA-i at S = 500 reached 55.9 % in the committed run
-    # (short runs are limited by steps, not data: 1,200 steps of a 7,680-image subset and
-    # 1,170 steps over all 50,000 images were measured at 52.8 and 52.9 %). Sec. 5's models
-    # (05-09) are a pipeline demonstration: 300 steps of 64 images (08: 200 steps of 64
-    # labelled and 64 unlabelled), far from converged, so the convergence gate reports their
-    # claims "not comparable at this profile". Cutout, a regulariser for
-    # 300-epoch runs, costs these short runs about 6 points, so it is off (a deliberate
-    # difference from the paper, named in every notebook's settings table). Label smoothing
-    # was not tried: it changes the calibration that 06 and 07 measure. Width 1 and 4 nodes
-    # per stage; a linear warm-up/decay schedule (the paper's 300-epoch step schedule has no
-    # meaning at these lengths); evaluation on 1,000 shuffled test images, often enough that
-    # the last fifth of every test curve holds at least 5 points for the convergence gate.
+    # tiny: the whole suite (00-09) within 90 minutes on a 2-core AMD EPYC without native bf16
+    # (fp32), where the committed results/tiny run took 64 minutes (`make bench` fixed net that
+    # day: 177 img/s on one thread; 2-core machines measured 110-280 img/s, so scale by yours).
+    # The budget goes where a CPU can decide claims: Secs. 3-4's models (the tour, 01-04) train
+    # 1,200 steps of 128 images (6 epochs of a class-balanced 25,600-image subset); NSA-i at
+    # S = 500 reached 55.9 % in the committed run (short runs are limited by steps, not data:
+    # 1,200 steps of a 7,680-image subset and 1,170 over all 50,000 images reached 52.8 and 52.9 %).
+    # Sec. 5's models (05-09) are a pipeline demonstration: 300 steps of 64 images (08: 200 steps
+    # of 64 labelled and 64 unlabelled), far from converged, so the convergence gate reports their
+    # claims "not comparable at this profile". Cutout (a regulariser for 300-epoch runs) costs
+    # these short runs about 6 points, so it is off, a deliberate difference from the paper named
+    # in every notebook's settings table; label smoothing was not tried: it changes the
+    # calibration that 06 and 07 measure. A linear warm-up/decay schedule (the paper's step
+    # schedule has no meaning at these lengths); 1,000 shuffled test images, evaluated often
+    # enough that the last fifth of every test curve holds at least 5 points for the gate.
     "tiny": Profile(
         name="tiny",
         understand=TINY_UNDERSTAND,
@@ -145,18 +143,17 @@ PROFILES: dict[str, Profile] = {
         # a CPU profile: at most about 12 minutes per model on one core of the build machine
         slurm=Resources(time="2:00:00", mem_gb=8.0, gpus=0, cpus=1)),
     # gpu: the whole suite on one modern GPU in about two to three hours (UNMEASURED: no GPU
-    # run of it yet). A node is a 3x3 convolution of 16w/32w/64w channels at 32/16/8 pixels,
-    # 2.36M w^2 multiply-adds in every stage, so a network costs about 7.1M * nodes * w^2
-    # multiply-adds per image forward: 11.3 GFLOPs at the paper's w = 10, 8 nodes; about 34
-    # GFLOPs per trained image (forward and backward). Width 4 keeps the paper's 8 nodes and
-    # wiring space at 1/6 of that: 5.4 GFLOPs per trained image. Assuming 60 TFLOP/s of
-    # bf16 delivered on these small convolutions (about 6 % of an H100's dense peak, an
-    # assumption until bench/gpu_check.sh reports its images/s), that is about 11,000 images/s,
-    # so 60 epochs of the full CIFAR-10 (3M images) take about 4.5 minutes per model; the
-    # plan's 37 models (`python -m nsa_core models --profile gpu`; two of them are the tour's
-    # 2-epoch ones) about 2.6 hours, with evaluation (full test sets, 2,000 attacked images)
-    # on top. If the benchmark says otherwise, scale the epochs with it. The step schedule keeps the
-    # paper's milestones at the same fractions of training.
+    # run yet). A node is a 3x3 convolution of 16w/32w/64w channels at 32/16/8 pixels, 2.36M w^2
+    # multiply-adds in every stage, so a network costs about 7.1M * nodes * w^2 multiply-adds
+    # per image forward: 11.3 GFLOPs at the paper's w = 10, 8 nodes; about 34 GFLOPs per trained
+    # image (forward and backward). Width 4 keeps the paper's 8 nodes and wiring space at 1/6 of
+    # that: 5.4 GFLOPs per trained image. Assuming 60 TFLOP/s of bf16 delivered on these small
+    # convolutions (about 6 % of an H100's dense peak, an assumption until bench/gpu_check.sh
+    # reports its images/s), that is about 11,000 images/s: 60 epochs of the full CIFAR-10 (3M
+    # images) in about 4.5 minutes per model, the plan's 37 models (`python -m nsa_core models
+    # --profile gpu`; two are the tour's 2-epoch ones) in about 2.6 hours, plus evaluation (full
+    # test sets, 2,000 attacked images). If the benchmark says otherwise, scale the epochs with
+    # it. The step schedule keeps the paper's milestones at the same fractions of training.
     "gpu": Profile(
         name="gpu",
         understand=GPU,

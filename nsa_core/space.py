@@ -128,9 +128,8 @@ def _draw_graph(ax, wiring: np.ndarray, title: str) -> None:
     for v in range(n1 + 1):
         ax.text(v, 0, "in" if v == 0 else "out" if v == n1 else str(v), ha="center", va="center", fontsize=7, zorder=4)
     for i, j in zip(*np.nonzero(wiring)):
-        u, v = j, i + 1
-        skip = v - u > 1
-        ax.add_patch(FancyArrowPatch((u, 0), (v, 0), arrowstyle="-|>", mutation_scale=9, lw=1.0,
+        skip = i + 1 - j > 1
+        ax.add_patch(FancyArrowPatch((j, 0), (i + 1, 0), arrowstyle="-|>", mutation_scale=9, lw=1.0,
                                      connectionstyle=f"arc3,rad={-0.45 if skip else 0}",
                                      color=SKIP_COLOUR if skip else CHAIN_COLOUR, shrinkA=8, shrinkB=8))
     ax.set_xlim(-0.6, n1 + 0.6)
