@@ -71,7 +71,7 @@ def test_claims_figures_tables_and_notes_land_in_claims_json(exp):
     assert record["notes"] == ["a data set was missing"]
     assert list(table.columns) == ["statement", "paper", "reproduced", "verdict", "rule", "kind"]
     assert record["claims"][0]["reproduced"] == "x - y = 1.000 [0.500, 1.500]"
-    assert C.verdict(-above) == FAILS
+    assert C.verdict(0 - above) == FAILS
     assert record["knobs"] == {} and record["paper_scale"] is False
 
 
