@@ -212,15 +212,19 @@ class Experiment:
 
     def settings_table(self, recipe: str, keys: list[str]) -> pd.DataFrame:
         """This run's values of some settings beside the paper's: a recipe key of the profile's
-        `recipe` ('understand', 'explore'; 'semi.KEY' of the semi-supervised one) or a knob."""
+        `recipe` ('understand', 'explore'; 'semi.KEY' of the semi-supervised one) or a knob, and
+        last the precision this machine trains in (bf16 autocast where the hardware has it)."""
         recipe_keys = {f.name for f in fields(Recipe)}
 
         def value(p: Profile, key: str) -> Any:
             r, _, k = key.rpartition(".")
             return getattr(p.recipe(r or recipe), k) if k in recipe_keys else getattr(p, k)
 
-        return pd.DataFrame([[value(self.profile, k), value(PROFILES["paper"], k)] for k in keys], index=keys,
-                            columns=["this run", "paper"], dtype=object)
+        rows = [[value(self.profile, k), value(PROFILES["paper"], k)] for k in keys]
+        # the numerics are a deliberate difference from the authors' fp32 wherever bf16 is native
+        rows.append([runtime.precision(self.device, self.profile.recipe(recipe).precision), "fp32"])
+        return pd.DataFrame(rows, index=[*keys, "precision (training here)"], columns=["this run", "paper"],
+                            dtype=object)
 
     def overview(self, specs: list[ModelSpec]) -> None:
         """Say which models this notebook uses (the plan's), and how long its last run took

@@ -228,3 +228,11 @@ def test_figure_is_saved_and_closed_outside_a_notebook(exp, capsys):
     assert exp.figures == ["99_try/line.png"]
     exp.say(f"read {repo_root() / 'data'} and **bold**")
     assert "read data and **bold**" in capsys.readouterr().err
+
+
+def test_settings_table_names_the_training_precision_beside_the_authors_fp32(exp, monkeypatch):
+    monkeypatch.setattr(X.runtime, "native_bf16", lambda: True)
+    table = exp.settings_table("understand", ["width"])
+    assert table.loc["precision (training here)"].tolist() == ["bf16", "fp32"]
+    monkeypatch.setattr(X.runtime, "native_bf16", lambda: False)
+    assert exp.settings_table("explore", ["width"]).loc["precision (training here)", "this run"] == "fp32"
