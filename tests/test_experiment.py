@@ -230,9 +230,13 @@ def test_figure_is_saved_and_closed_outside_a_notebook(exp, capsys):
     assert "read data and **bold**" in capsys.readouterr().err
 
 
-def test_settings_table_names_the_training_precision_beside_the_authors_fp32(exp, monkeypatch):
+def test_settings_table_names_the_training_precision_beside_the_authors_fp32(tmp_path, monkeypatch):
+    monkeypatch.setenv("NSA_RESULTS_DIR", str(tmp_path))
+    row = "precision (training here)"
+    auto = setup("99_try", profile="smoke", device="cpu")   # on CUDA "auto" is bf16 whatever the CPU
     monkeypatch.setattr(X.runtime, "native_bf16", lambda: True)
-    table = exp.settings_table("understand", ["width"])
-    assert table.loc["precision (training here)"].tolist() == ["bf16", "fp32"]
+    assert auto.settings_table("understand", ["width"]).loc[row].tolist() == ["bf16", "fp32"]
+    fp32 = setup("99_try", profile="smoke", device="cpu", overrides={"precision": "fp32"})
+    assert fp32.settings_table("understand", ["width"]).loc[row, "this run"] == "fp32"   # asked beats native
     monkeypatch.setattr(X.runtime, "native_bf16", lambda: False)
-    assert exp.settings_table("explore", ["width"]).loc["precision (training here)", "this run"] == "fp32"
+    assert auto.settings_table("explore", ["width"]).loc[row, "this run"] == "fp32"
