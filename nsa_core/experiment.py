@@ -37,6 +37,7 @@ from .checkpoint import atomic_save
 from .config import ModelSpec, Recipe
 from .kinds import KINDS
 from .network import WiredNet
+from .paper import AUTHORS_PRECISION
 from .profiles import PROFILES, Profile, at_paper_scale, get_profile, override_profile
 
 CLAIM_FIELDS = ("statement", "paper", "reproduced", "verdict", "rule", "kind")
@@ -222,7 +223,7 @@ class Experiment:
 
         rows = [[value(self.profile, k), value(PROFILES["paper"], k)] for k in keys]
         # the numerics are a deliberate difference from the authors' fp32 wherever bf16 is native
-        rows.append([runtime.precision(self.device, self.profile.recipe(recipe).precision), "fp32"])
+        rows.append([runtime.precision(self.device, self.profile.recipe(recipe).precision), AUTHORS_PRECISION])
         return pd.DataFrame(rows, index=[*keys, "precision (training here)"], columns=["this run", "paper"],
                             dtype=object)
 

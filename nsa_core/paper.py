@@ -36,6 +36,9 @@ PGD: dict[str, dict[str, tuple[float, float]]] = {
 # Sec. 5.3: test accuracy with 4,000 labelled CIFAR-10 images.
 SEMI_ACCURACY: dict[str, float] = {"nsa-id": 86.96, "pi": 85.22, "labelled-only": 83.87}
 
+# The authors' numerics: float32 throughout (no mixed precision in their release).
+AUTHORS_PRECISION = "fp32"
+
 # Throughput of the authors' public implementation on a 2-core CPU of the AMD EPYC kind,
 # width 1, batch 128, fp32 (img/s); the benchmark's reference point.
 AUTHORS_CPU_IMG_S: dict[str, float] = {"fixed": 85.0, "nsa-i": 82.0}
