@@ -16,10 +16,12 @@ each example reads about 2.2 per node. This module computes the same outputs and
   buffer. Slot k's gradient gathers the aggregate gradients of its readers (the transposed
   wiring) in the same way;
 - learned coefficients (NSA-id) need every slot again for their gradient. Keeping the
-  buffer for that doubled a stage's activations; instead each node's output is recomputed
-  in the backward from its BN input (which its BN keeps anyway);
-- NSA-id's per-architecture BN (`cond_batch_norm`) keeps only its input for the backward;
-  with running statistics (eval) it is one gathered scale-and-shift, y = x·scale[b] + shift[b].
+  buffer for that doubled a stage's activations; instead each node's output is rebuilt in
+  the backward from its BN input (which its BN keeps anyway) and the per-example scale and
+  shift its BN applied: one multiply-add, bit for bit the forward's output;
+- NSA-id's per-architecture BN (`cond_batch_norm`) is one per-example scale-and-shift,
+  y = x·scale[b] + shift[b], its factors from the batch statistics (training) or the running
+  ones (eval), kept in fp32 under bf16 as native BN keeps them; it saves only its input.
 
 Measured with `make bench` (CPU, 1 thread, AMD EPYC, width 1, 8 nodes, batch 128, S = 500,
 a full SGD step; 2026-12-01): with the two paths' steps interleaved in one process, the fast
@@ -147,22 +149,6 @@ def stage_forward(nodes: nn.ModuleList, x: torch.Tensor, wiring: StageWiring,
     return _FastStage.apply(x, wiring.coef, wiring, nodes, arch, record, *params)
 
 
-def _bn_output_again(bn: nn.Module, c: torch.Tensor, arch: torch.Tensor | None, mode: tuple[bool, bool]
-                     ) -> torch.Tensor:
-    """A node's output recomputed from its BN input `c` as the forward computed it, in the BN
-    mode the forward ran in (`mode`: (training, track_running_stats); batch statistics in
-    training, running ones in eval) whatever the mode is now, leaving the running statistics
-    alone."""
-    saved = bn.training, bn.track_running_stats
-    training, track = mode
-    bn.training, bn.track_running_stats = training, track and not training
-    try:
-        with torch.no_grad():
-            return bn(c.detach(), arch)
-    finally:
-        bn.training, bn.track_running_stats = saved
-
-
 class _FastStage(torch.autograd.Function):
     """The stage with the aggregation done by gathers, forward and backward.
 
@@ -186,7 +172,7 @@ class _FastStage(torch.autograd.Function):
         B, C, H, W = x.shape
         buf = x.new_empty(len(fwd.unit), B, H, W, C)
         held = _store(buf, fwd, 0, x)    # slot j's tensor, not in the buffer when fwd.direct[j]
-        graphs, bn_inputs = [], []
+        graphs, rebuild = [], []
         for j, node in enumerate(nodes):
             # ReLU of aggregate j as a fresh tensor: the buffer slots stay as they are
             if fwd.direct[j]:
@@ -199,9 +185,12 @@ class _FastStage(torch.autograd.Function):
                 r.requires_grad_()
                 with torch.enable_grad():
                     c = node.bn_input(r)
-                    y = node.bn(c, arch)
+                    if want_coef:   # keep the affine BN applied: the backward rebuilds y from c
+                        y, scale, shift = cond_batch_norm(node.bn, c, *node.bn.example_affine(arch, B), affine=True)
+                        rebuild.append((c, scale, shift))
+                    else:
+                        y = node.bn(c, arch)
                 graphs.append((r, torch.autograd.graph.get_gradient_edge(y)))
-                bn_inputs.append(c if want_coef else None)
                 y = y.detach()
             else:
                 y = node(r, arch)
@@ -215,8 +204,7 @@ class _FastStage(torch.autograd.Function):
             ctx.owned = [range(a, b) for a, b in pairwise(starts)]
             ctx.fwd, ctx.host_wiring, ctx.means = fwd, wiring.wiring, wiring.means
             ctx.shape = buf.shape
-            ctx.nodes, ctx.arch, ctx.bn_inputs = nodes, arch, bn_inputs
-            ctx.bn_modes = [(node.bn.training, node.bn.track_running_stats) for node in nodes]
+            ctx.rebuild = rebuild
             ctx.save_for_backward(coef, x if want_coef else None)
         return out
 
@@ -251,16 +239,18 @@ class _FastStage(torch.autograd.Function):
         gcoef = None
         if ctx.needs_input_grad[1]:
             # The slots again, rebuilt now that the node graphs (their activations) are freed,
-            # so the rebuilt buffer takes the place of memory already given back.
-            buf = g.new_empty(ctx.shape)
-            buf[0].copy_(_nhwc(x))
-            for k, c in enumerate(ctx.bn_inputs, start=1):
-                buf[k].copy_(_nhwc(_bn_output_again(ctx.nodes[k - 1].bn, c, ctx.arch, ctx.bn_modes[k - 1])))
-            ctx.bn_inputs = None
-            # d loss / d coef[b, j, i] = <g[j, b], buf[i, b]> where example b's aggregate j reads
-            # slot i, 0 elsewhere: one batched product of the aggregate gradients with the slots,
-            # [B, R, D] x [B, D, R], no copies
-            dots = torch.bmm(g.flatten(2).transpose(0, 1), buf.flatten(2).permute(1, 2, 0))
+            # so that they take the place of memory already given back; example-major
+            # [B, R, H, W, C], which the product below reads as it is (bf16 matmul copies any
+            # operand that is not, 2x its time)
+            R, B = ctx.shape[:2]
+            slots = g.new_empty(B, R, *ctx.shape[2:])
+            slots[:, 0].copy_(_nhwc(x))
+            for k, (c, scale, shift) in enumerate(ctx.rebuild, start=1):
+                slots[:, k].copy_(_nhwc(_affine(c, scale, shift)))   # the forward's y, bit for bit
+            ctx.rebuild = None
+            # d loss / d coef[b, j, i] = <g[j, b], slot i of example b> where example b's aggregate
+            # j reads slot i, 0 elsewhere: one batched product [B, R, D] x [B, D, R]
+            dots = torch.bmm(g.flatten(2).transpose(0, 1), slots.flatten(2).transpose(1, 2))
             gcoef = torch.zeros_like(coef).index_put_(ctx.fwd.entries, dots[ctx.fwd.entries].to(coef.dtype))
         return (gx, gcoef, None, None, None, None, *gparams)
 
@@ -271,30 +261,39 @@ def _channel_rows(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
 
 
+def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x·scale[b, c] + shift[b, c] (scale, shift [B, C]), computed in scale's precision and
+    returned in x's: with bf16 activations the per-channel factors stay fp32, as in native BN."""
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None]).to(x.dtype)
+
+
 class _CondBatchNorm(torch.autograd.Function):
     """`network.CondBN` with batch statistics, keeping one activation instead of two.
 
     The definition normalises, then applies each example's affine through autograd, which
-    saves BN's input and x_hat (a second activation per BN). Here the forward is the same
-    y = x_hat·w[b] + b[b], but only x is kept; the backward is BN's, written once for the
+    saves BN's input and x_hat (a second activation per BN). Here the forward folds both into
+    one per-example affine, y = x·scale[b] + shift[b] with scale = w[b]·invstd and shift =
+    b[b] - mean·scale, keeps only x, and returns scale and shift too (not differentiable: the
+    fast stage rebuilds y from x with them). The backward is BN's, written once for the
     per-example weights [B, C] (the statistics folded into per-channel factors):
         gx = gy·(w·invstd) - x·invstd²·m2 + invstd·(mean·invstd·m2 - m1),
     where m1 = mean over (b, h, w) of w·gy and m2 = mean of w·gy·x_hat, per channel."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, running_mean, running_var, momentum):
-        # native BN without affine gives the statistics and x_hat fastest (a reduction of our
-        # own over the pixels measured 1.5-5x slower), and, given the running statistics,
-        # updates them as nn.BatchNorm2d does; x_hat is not kept for the backward
-        xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        x_hat, mean, invstd = torch.native_batch_norm(xs, None, None, running_mean, running_var, True, momentum, eps)
-        y = torch.addcmul(bias.to(x.dtype)[:, :, None, None], x_hat.to(x.dtype), weight.to(x.dtype)[:, :, None, None])
+        # native BN without affine gives the statistics fastest (a reduction of our own over the
+        # pixels measured 1.5-5x slower), also in bf16 (fp32 statistics), and, given the running
+        # statistics, updates them as nn.BatchNorm2d does; its x_hat is not used
+        _, mean, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var, True, momentum, eps)
+        scale = weight * invstd.to(weight.dtype)
+        shift = bias - mean.to(weight.dtype) * scale
         ctx.save_for_backward(x, weight, mean, invstd)
-        return y
+        ctx.mark_non_differentiable(scale, shift)
+        return _affine(x, scale, shift), scale, shift
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gy):
+    def backward(ctx, gy, _scale, _shift):
         x, weight, mean, invstd = ctx.saved_tensors
         n = x.shape[0] * x.shape[2] * x.shape[3]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -312,19 +311,23 @@ class _CondBatchNorm(torch.autograd.Function):
         return gx, gweight.to(weight.dtype), gbias.to(weight.dtype), None, None, None, None
 
 
-def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """`bn` (no affine of its own) followed by the per-example affine `weight`, `bias` [B, C].
-    With batch statistics: `_CondBatchNorm`, updating `bn`'s running statistics as
-    nn.BatchNorm2d does when it tracks them; with running statistics: one scale-and-shift,
-    plain autograd. Equal to `network.CondBN`'s definition (tests/test_network.py)."""
+def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    affine: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`bn`'s normalisation followed by the per-example affine `weight`, `bias` [B, C] (which
+    replaces bn's own affine, if any: `CondBN.example_affine`), computed as one per-example
+    affine y = x·scale + shift; with `affine`, also returns scale and shift [B, C] (detached). With batch statistics: `_CondBatchNorm`, updating `bn`'s running
+    statistics as nn.BatchNorm2d does when it tracks them; with running statistics: plain
+    autograd. Equal to `network.CondBN`'s definition (tests/test_network.py)."""
     if not bn.training and bn.track_running_stats:
         scale = weight * torch.rsqrt(bn.running_var + bn.eps).to(weight.dtype)
         shift = bias - bn.running_mean.to(weight.dtype) * scale
-        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None])
+        y = _affine(x, scale, shift)
+        return (y, scale.detach(), shift.detach()) if affine else y
     track = bn.training and bn.track_running_stats
     momentum = 0.0
     if track:
         bn.num_batches_tracked.add_(1)
         momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    return _CondBatchNorm.apply(x, weight, bias, bn.eps, bn.running_mean if track else None,
-                                bn.running_var if track else None, momentum)
+    y, scale, shift = _CondBatchNorm.apply(x, weight, bias, bn.eps, bn.running_mean if track else None,
+                                           bn.running_var if track else None, momentum)
+    return (y, scale, shift) if affine else y

@@ -43,10 +43,16 @@ class CondBN(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor, arch: torch.Tensor | None = None) -> torch.Tensor:
         if not self.archs:
             return super().forward(x)
-        weight, bias = self.cond_weight[arch], self.cond_bias[arch]
+        weight, bias = self.example_affine(arch, len(x))
         if self.fast:
             return fast_stage.cond_batch_norm(self, x, weight, bias)
         return torch.addcmul(bias[:, :, None, None], super().forward(x), weight[:, :, None, None])
+
+    def example_affine(self, arch: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each example's affine weight and bias [batch, C]: its architecture's, or the shared ones."""
+        if self.archs:
+            return self.cond_weight[arch], self.cond_bias[arch]
+        return self.weight.expand(batch, -1), self.bias.expand(batch, -1)
 
 
 class Node(nn.Module):

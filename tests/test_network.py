@@ -407,9 +407,9 @@ def _stage_calls(monkeypatch):
         calls["stage"] += 1
         return stage(*a)
 
-    def counted_bn(*a):
+    def counted_bn(*a, **kw):
         calls["bn"] += 1
-        return bn(*a)
+        return bn(*a, **kw)
 
     monkeypatch.setattr(fast_stage, "stage_forward", counted_stage)
     monkeypatch.setattr(fast_stage, "cond_batch_norm", counted_bn)
@@ -449,6 +449,33 @@ def test_fast_stage_equals_reference_in_training(cfg, monkeypatch):
         assert fast.agg.grad.abs().amax() > 1e-4
     for (name, b), c in zip(fast.named_buffers(), ref.buffers()):   # BN ran once per node
         torch.testing.assert_close(b.double(), c.double(), rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_cond_batch_norm_in_bf16_agrees_with_native_batch_norm():
+    """In bf16 (the trainer's precision on CPUs with native bf16) the fast path's BN keeps its
+    statistics and per-channel factors in fp32, as native BN does: given one shared affine its
+    outputs are native BN's but for a rare last-bit rounding (rounding x_hat to bf16 first,
+    as it once did, changed a third of them), the running statistics are the same, and the
+    gradients, whose factors are bf16, agree to bf16's precision."""
+    C = 16
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(32, C, 8, 8, generator=g) * 3 + torch.randn(1, C, 1, 1, generator=g) * 4)
+    x = x.bfloat16().to(memory_format=torch.channels_last)
+    bn = CondBN(C, 0, fast=True)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2, generator=g), bn.bias.normal_(generator=g)
+    native = nn.BatchNorm2d(C)
+    native.load_state_dict(bn.state_dict())
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    ys = [fast_stage.cond_batch_norm(bn, xs[0], *bn.example_affine(None, len(x))), native(xs[1])]
+    gy = torch.randn(ys[1].shape, generator=g)
+    for y in ys:
+        (y.float() * gy).sum().backward()
+    assert ys[0].dtype == ys[1].dtype == torch.bfloat16
+    assert (ys[0] != ys[1]).float().mean() < 1e-3
+    _close(bn.running_mean, native.running_mean, 0), _close(bn.running_var, native.running_var, 0)
+    for a, b in ((xs[0].grad, xs[1].grad), (bn.weight.grad, native.weight.grad), (bn.bias.grad, native.bias.grad)):
+        assert (a.float() - b.float()).norm() <= 0.02 * b.float().norm()
 
 
 @pytest.mark.parametrize("cfg", PATHS, ids=PATH_IDS)
