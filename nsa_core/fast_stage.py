@@ -18,7 +18,8 @@ each example reads about 2.2 per node. This module computes the same outputs and
 - learned coefficients (NSA-id) need every slot again for their gradient. Keeping the
   buffer for that doubled a stage's activations; instead each node's output is rebuilt in
   the backward from its BN input (which its BN keeps anyway) and the per-example scale and
-  shift its BN applied: one multiply-add, bit for bit the forward's output;
+  shift its BN applied (`bn_with_affine`): one multiply-add, bit for bit the forward's output
+  with per-architecture BN, equal to float rounding with plain BN (native BN in the forward);
 - NSA-id's per-architecture BN (`cond_batch_norm`) is one per-example scale-and-shift,
   y = x·scale[b] + shift[b], its factors from the batch statistics (training) or the running
   ones (eval), kept in fp32 under bf16 as native BN keeps them; it saves only its input.
@@ -186,8 +187,9 @@ class _FastStage(torch.autograd.Function):
                 with torch.enable_grad():
                     c = node.bn_input(r)
                     if want_coef:   # keep the affine BN applied: the backward rebuilds y from c
-                        y, scale, shift = cond_batch_norm(node.bn, c, *node.bn.example_affine(arch, B), affine=True)
-                        rebuild.append((c, scale, shift))
+                        y, scale, shift = bn_with_affine(node.bn, c, arch)
+                        # detached: c's graph would keep the node's ReLU output (a leaf) alive
+                        rebuild.append((c.detach(), scale, shift))
                     else:
                         y = node.bn(c, arch)
                 graphs.append((r, torch.autograd.graph.get_gradient_edge(y)))
@@ -246,7 +248,7 @@ class _FastStage(torch.autograd.Function):
             slots = g.new_empty(B, R, *ctx.shape[2:])
             slots[:, 0].copy_(_nhwc(x))
             for k, (c, scale, shift) in enumerate(ctx.rebuild, start=1):
-                slots[:, k].copy_(_nhwc(_affine(c, scale, shift)))   # the forward's y, bit for bit
+                slots[:, k].copy_(_nhwc(_affine(c, scale, shift)))   # the forward's y
             ctx.rebuild = None
             # d loss / d coef[b, j, i] = <g[j, b], slot i of example b> where example b's aggregate
             # j reads slot i, 0 elsewhere: one batched product [B, R, D] x [B, D, R]
@@ -284,7 +286,9 @@ class _CondBatchNorm(torch.autograd.Function):
         # native BN without affine gives the statistics fastest (a reduction of our own over the
         # pixels measured 1.5-5x slower), also in bf16 (fp32 statistics), and, given the running
         # statistics, updates them as nn.BatchNorm2d does; its x_hat is not used
-        _, mean, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var, True, momentum, eps)
+        # (without running statistics native BN keeps bf16 statistics of a bf16 input: cast first)
+        xs = x if running_mean is not None or x.dtype in (torch.float32, torch.float64) else x.float()
+        _, mean, invstd = torch.native_batch_norm(xs, None, None, running_mean, running_var, True, momentum, eps)
         scale = weight * invstd.to(weight.dtype)
         shift = bias - mean.to(weight.dtype) * scale
         ctx.save_for_backward(x, weight, mean, invstd)
@@ -317,19 +321,44 @@ def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, b
                     affine: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`bn`'s normalisation followed by the per-example affine `weight`, `bias` [B, C] (which
     replaces bn's own affine, if any: `CondBN.example_affine`), computed as one per-example
-    affine y = x·scale + shift; with `affine`, also returns scale and shift [B, C] (detached). With batch statistics: `_CondBatchNorm`, updating `bn`'s running
-    statistics as nn.BatchNorm2d does when it tracks them; with running statistics: plain
-    autograd. Equal to `network.CondBN`'s definition (tests/test_network.py)."""
+    affine y = x·scale + shift; with `affine`, also returns scale and shift [B, C] (detached).
+    With batch statistics: `_CondBatchNorm`, updating `bn`'s running statistics as
+    nn.BatchNorm2d does when it tracks them; with running statistics: plain autograd. Equal to
+    `network.CondBN`'s definition (tests/test_network.py)."""
     if not bn.training and bn.track_running_stats:
         scale = weight * torch.rsqrt(bn.running_var + bn.eps).to(weight.dtype)
         shift = bias - bn.running_mean.to(weight.dtype) * scale
         y = _affine(x, scale, shift)
         return (y, scale.detach(), shift.detach()) if affine else y
     track = bn.training and bn.track_running_stats
-    momentum = 0.0
-    if track:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     y, scale, shift = _CondBatchNorm.apply(x, weight, bias, bn.eps, bn.running_mean if track else None,
-                                           bn.running_var if track else None, momentum)
+                                           bn.running_var if track else None, _momentum(bn) if track else 0.0)
     return (y, scale, shift) if affine else y
+
+
+def _momentum(bn: nn.BatchNorm2d) -> float:
+    """nn.BatchNorm2d's running-statistics factor for a training batch, counting the batch."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def bn_with_affine(bn: nn.BatchNorm2d, x: torch.Tensor, arch: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`bn(x, arch)` (a `network.CondBN`) and the per-example scale and shift [B, C] it applied,
+    y = x·scale + shift, detached: what the fast stage needs to rebuild y from x. Per-architecture
+    BN gives them as `cond_batch_norm` computes y, so the rebuild is bit for bit; plain BN runs
+    native BN, as nn.BatchNorm2d does (2x faster than `_CondBatchNorm` in bf16), whose output
+    the rebuild equals to float rounding."""
+    if bn.archs:
+        return cond_batch_norm(bn, x, *bn.example_affine(arch, len(x)), affine=True)
+    if not bn.training and bn.track_running_stats:
+        invstd = torch.rsqrt(bn.running_var + bn.eps)
+        y = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        mean = bn.running_mean
+    else:
+        track = bn.training and bn.track_running_stats
+        y, mean, invstd = torch.native_batch_norm(x, bn.weight, bn.bias, bn.running_mean if track else None,
+                                                  bn.running_var if track else None, True,
+                                                  _momentum(bn) if track else 0.0, bn.eps)
+    scale = (bn.weight * invstd).detach()
+    return y, scale.expand(len(x), -1), (bn.bias - mean * scale).detach().expand(len(x), -1)

@@ -451,12 +451,14 @@ def test_fast_stage_equals_reference_in_training(cfg, monkeypatch):
         torch.testing.assert_close(b.double(), c.double(), rtol=1e-9, atol=1e-9, msg=name)
 
 
-def test_cond_batch_norm_in_bf16_is_as_accurate_as_native_batch_norm():
+@pytest.mark.parametrize("track", [True, False], ids=["running-stats", "batch-stats-only"])
+def test_cond_batch_norm_in_bf16_is_as_accurate_as_native_batch_norm(track):
     """In bf16 (the trainer's precision on CPUs with native bf16) the fast path's BN keeps its
     statistics, sums and per-channel factors in fp32, as native BN does. Given one shared
     affine, its outputs are native BN's but for a rare last-bit rounding (rounding x_hat to
     bf16 first, as it once did, changed a third of them), its running statistics are the
-    same, and its output and gradients are as close to float64 BN's as native BN's are."""
+    same, and its output and gradients are as close to float64 BN's as native BN's are; also
+    without running statistics, where native BN alone would keep bf16 statistics."""
     C = 16
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(32, C, 8, 8, generator=g) * 3 + torch.randn(1, C, 1, 1, generator=g) * 4)
@@ -467,6 +469,8 @@ def test_cond_batch_norm_in_bf16_is_as_accurate_as_native_batch_norm():
     native = nn.BatchNorm2d(C)
     native.load_state_dict(bn.state_dict())
     truth = copy.deepcopy(native).double()
+    for m in (bn, native, truth):   # without running statistics (bn_mode "train")
+        m.track_running_stats = track
     gy = torch.randn(x.shape, generator=g)
     results = []
     for module, run in ((bn, lambda v: fast_stage.cond_batch_norm(bn, v, *bn.example_affine(None, len(v)))),
