@@ -118,7 +118,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(name="paper"),
     # tiny: the whole suite (00-09) within 90 minutes on a 2-core CPU; REPORT.md's totals: 64
     # minutes on an AMD EPYC without native bf16 (fp32, `make bench` fixed net 177 img/s on one
-    # thread), 39 on one with AVX512-BF16 (bf16 autocast, fixed net 361 img/s; 221 in fp32).
+    # thread), 39 on one with AVX512-BF16 (bf16 autocast, fixed net 352 img/s; 227 in fp32).
     # The budget goes where a CPU can decide claims: Secs. 3-4's models (the tour, 01-04) train
     # 1,200 steps of 128 images (6 epochs of a class-balanced 25,600-image subset); NSA-i at
     # S = 500 reached 55.9 % (fp32) and 54.9 % (bf16) in those runs (short runs are limited by
