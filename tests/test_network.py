@@ -486,6 +486,29 @@ def test_cond_batch_norm_in_bf16_is_as_accurate_as_native_batch_norm(track):
         assert (f - w).norm() <= 1.1 * (n - w).norm() + 1e-6 * w.norm(), name
 
 
+def test_fast_stage_rebuilds_per_architecture_bn_outputs_bit_for_bit_in_bf16(monkeypatch):
+    """The coefficients' gradient rebuilds every node's output from its BN input with the
+    scale and shift the forward applied: under bf16 autocast each rebuilt output equals the
+    forward's exactly (the same multiply-add on the same tensors)."""
+    model, _, arch = _pair(dict(cond_bn=True, cond_agg=True))
+    model.float().train()
+    outputs: dict[int, list[torch.Tensor]] = {}
+    affine = fast_stage._affine
+
+    def recorded(x, scale, shift):
+        y = affine(x, scale, shift)
+        outputs.setdefault(x.data_ptr(), []).append(y.detach().clone())
+        return y
+
+    monkeypatch.setattr(fast_stage, "_affine", recorded)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = _loss(model, _x(dtype=torch.float32), arch)
+    loss.backward()
+    again = [ys for ys in outputs.values() if len(ys) == 2]   # forward, then the rebuild
+    assert len(again) == 3 * NODES and all(ys[0].dtype == torch.bfloat16 for ys in again)
+    assert all(torch.equal(*ys) for ys in again)
+
+
 @pytest.mark.parametrize("cfg", PATHS, ids=PATH_IDS)
 def test_fast_stage_equals_reference_autograd_grad(cfg):
     """torch.autograd.grad sees through a fast stage (its parameters are inputs of its
