@@ -263,6 +263,14 @@ def _channel_rows(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
 
 
+def _fold(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN with statistics `mean`, `invstd` [C] and affine `weight`, `bias` as one affine:
+    y = x·scale + shift, scale = weight·invstd, shift = bias - mean·scale, in weight's dtype."""
+    scale = weight * invstd.to(weight.dtype)
+    return scale, bias - mean.to(weight.dtype) * scale
+
+
 def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """x·scale[b, c] + shift[b, c] (scale, shift [B, C]), computed in scale's precision and
     returned in x's: with bf16 activations the per-channel factors stay fp32, as in native BN."""
@@ -289,8 +297,7 @@ class _CondBatchNorm(torch.autograd.Function):
         # (without running statistics native BN keeps bf16 statistics of a bf16 input: cast first)
         xs = x if running_mean is not None or x.dtype in (torch.float32, torch.float64) else x.float()
         _, mean, invstd = torch.native_batch_norm(xs, None, None, running_mean, running_var, True, momentum, eps)
-        scale = weight * invstd.to(weight.dtype)
-        shift = bias - mean.to(weight.dtype) * scale
+        scale, shift = _fold(weight, bias, mean, invstd)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.mark_non_differentiable(scale, shift)
         return _affine(x, scale, shift), scale, shift
@@ -326,8 +333,7 @@ def cond_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, b
     nn.BatchNorm2d does when it tracks them; with running statistics: plain autograd. Equal to
     `network.CondBN`'s definition (tests/test_network.py)."""
     if not bn.training and bn.track_running_stats:
-        scale = weight * torch.rsqrt(bn.running_var + bn.eps).to(weight.dtype)
-        shift = bias - bn.running_mean.to(weight.dtype) * scale
+        scale, shift = _fold(weight, bias, bn.running_mean, torch.rsqrt(bn.running_var + bn.eps))
         y = _affine(x, scale, shift)
         return (y, scale.detach(), shift.detach()) if affine else y
     track = bn.training and bn.track_running_stats
@@ -360,5 +366,5 @@ def bn_with_affine(bn: nn.BatchNorm2d, x: torch.Tensor, arch: torch.Tensor | Non
         y, mean, invstd = torch.native_batch_norm(x, bn.weight, bn.bias, bn.running_mean if track else None,
                                                   bn.running_var if track else None, True,
                                                   _momentum(bn) if track else 0.0, bn.eps)
-    scale = (bn.weight * invstd).detach()
-    return y, scale.expand(len(x), -1), (bn.bias - mean * scale).detach().expand(len(x), -1)
+    scale, shift = _fold(bn.weight, bn.bias, mean, invstd)
+    return y, scale.detach().expand(len(x), -1), shift.detach().expand(len(x), -1)
